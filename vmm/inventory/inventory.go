@@ -1,0 +1,190 @@
+// Package inventory is the single source of truth for every entry point a
+// guest can reach: I/O port ranges, MMIO ranges, MSRs, paravirtual features
+// and in-kernel KVM devices. Each entry names its owner, its class and the
+// device profiles that offer it.
+//
+// Device registration, the KVM MSR filter, the paravirtual CPUID bits, the
+// surface report and the tests all read this table. No port number, MMIO
+// address or interrupt line appears anywhere else in the code base.
+package inventory
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Space is the address space an entry lives in.
+type Space uint8
+
+const (
+	SpacePIO    Space = iota + 1 // I/O port range
+	SpaceMMIO                    // guest-physical MMIO range
+	SpaceMSR                     // model-specific register range
+	SpacePV                      // paravirtual feature or hypercall
+	SpaceKernel                  // device emulated inside KVM
+)
+
+func (s Space) String() string {
+	switch s {
+	case SpacePIO:
+		return "pio"
+	case SpaceMMIO:
+		return "mmio"
+	case SpaceMSR:
+		return "msr"
+	case SpacePV:
+		return "pv"
+	case SpaceKernel:
+		return "kvm"
+	}
+	return fmt.Sprintf("space(%d)", uint8(s))
+}
+
+// Class says when a guest needs an entry.
+type Class uint8
+
+const (
+	// Legacy entries are needed only while an OS boots.
+	Legacy Class = iota + 1
+	// Required entries are needed by a booted guest.
+	Required
+	// Console entries are extraneous devices offered only as an explicit
+	// opt-in console.
+	Console
+)
+
+func (c Class) String() string {
+	switch c {
+	case Legacy:
+		return "legacy"
+	case Required:
+		return "required"
+	case Console:
+		return "console"
+	}
+	return fmt.Sprintf("class(%d)", uint8(c))
+}
+
+// Profile is a device set a VMM can be started with.
+type Profile uint8
+
+const (
+	// Full is the boot-time device set: legacy PC devices plus required ones.
+	Full Profile = 1 << iota
+	// Minimal is the production device set: required devices only.
+	Minimal
+)
+
+// Profiles is a set of profiles.
+type Profiles = Profile
+
+func (p Profile) String() string {
+	var names []string
+	if p&Full != 0 {
+		names = append(names, "full")
+	}
+	if p&Minimal != 0 {
+		names = append(names, "minimal")
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, "+")
+}
+
+// ParseProfile returns the profile named s.
+func ParseProfile(s string) (Profile, error) {
+	switch s {
+	case "full":
+		return Full, nil
+	case "minimal":
+		return Minimal, nil
+	}
+	return 0, fmt.Errorf("unknown device profile %q (want full or minimal)", s)
+}
+
+// ID names an entry. Devices find their resources by ID.
+type ID string
+
+// Entry is one guest-reachable entry point.
+type Entry struct {
+	ID       ID
+	Space    Space
+	Base     uint64 // first port, address or MSR index
+	Size     uint64 // number of ports, bytes or MSRs; 1 for PV and KVM entries
+	Class    Class
+	Owner    string   // the device that serves it
+	Profiles Profiles // the profiles that offer it
+	IRQ      int      // ISA interrupt line the owner raises, or -1
+	InKernel bool     // served by KVM itself, never by a userspace device
+	Why      string   // why a guest needs it
+}
+
+// End returns the first address past the entry.
+func (e Entry) End() uint64 { return e.Base + e.Size }
+
+// Contains reports whether addr falls inside the entry.
+func (e Entry) Contains(addr uint64) bool { return addr >= e.Base && addr-e.Base < e.Size }
+
+// In reports whether profile p offers the entry.
+func (e Entry) In(p Profile) bool { return e.Profiles&p != 0 }
+
+func (e Entry) String() string {
+	switch e.Space {
+	case SpacePIO, SpaceMMIO, SpaceMSR:
+		return fmt.Sprintf("%s %s %#x-%#x", e.ID, e.Space, e.Base, e.End()-1)
+	}
+	return fmt.Sprintf("%s %s", e.ID, e.Space)
+}
+
+// Get returns the entry with the given ID.
+func Get(id ID) (Entry, bool) {
+	for _, e := range table {
+		if e.ID == id {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+// MustGet returns the entry with the given ID and panics if there is none.
+// Use it only with the ID constants declared next to the table.
+func MustGet(id ID) Entry {
+	e, ok := Get(id)
+	if !ok {
+		panic(fmt.Sprintf("inventory: no entry %q", id))
+	}
+	return e
+}
+
+// All returns a copy of the whole table, ordered by space and base.
+func All() []Entry {
+	out := append([]Entry(nil), table...)
+	sortEntries(out)
+	return out
+}
+
+// For returns the entries profile p offers, ordered by space and base.
+func For(p Profile) []Entry {
+	var out []Entry
+	for _, e := range table {
+		if e.In(p) {
+			out = append(out, e)
+		}
+	}
+	sortEntries(out)
+	return out
+}
+
+func sortEntries(es []Entry) {
+	sort.Slice(es, func(i, j int) bool {
+		if es[i].Space != es[j].Space {
+			return es[i].Space < es[j].Space
+		}
+		if es[i].Base != es[j].Base {
+			return es[i].Base < es[j].Base
+		}
+		return es[i].ID < es[j].ID
+	})
+}

@@ -1,0 +1,72 @@
+package inventory
+
+// IDs of the entries that userspace devices and the machine look up.
+const (
+	PICMaster ID = "pic-master"
+	PICSlave  ID = "pic-slave"
+	ELCR      ID = "pic-elcr"
+	PITPorts  ID = "pit"
+	PortB     ID = "pit-port-b"
+	I8042Data ID = "i8042-data"
+	I8042Cmd  ID = "i8042-cmd"
+	CMOS      ID = "cmos"
+	POST      ID = "post"
+	COM1      ID = "com1"
+	ACPIEvt   ID = "acpi-pm1-evt"
+	ACPICnt   ID = "acpi-pm1-cnt"
+	IOAPICMem ID = "ioapic-mmio"
+	LAPICMem  ID = "lapic-mmio"
+
+	KernelLAPIC  ID = "kvm-lapic"
+	KernelIOAPIC ID = "kvm-ioapic"
+	KernelPIC    ID = "kvm-pic"
+	KernelPIT    ID = "kvm-pit"
+)
+
+const both = Full | Minimal
+
+// table is the inventory. Keep it sorted by space, then base; the tests
+// check that it is.
+var table = []Entry{
+	// I/O ports.
+	{ID: PICMaster, Space: SpacePIO, Base: 0x20, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "8259 master: interrupt delivery before the IOAPIC is set up"},
+	{ID: PITPorts, Space: SpacePIO, Base: 0x40, Size: 4, Class: Legacy, Owner: "kvm-pit", Profiles: Full, IRQ: 0, InKernel: true,
+		Why: "8254 timer: early timer interrupt and TSC/LAPIC timer calibration"},
+	{ID: I8042Data, Space: SpacePIO, Base: 0x60, Size: 1, Class: Legacy, Owner: "i8042", Profiles: Full, IRQ: 1,
+		Why: "keyboard controller data port: probed by Linux at boot"},
+	{ID: PortB, Space: SpacePIO, Base: 0x61, Size: 1, Class: Legacy, Owner: "kvm-pit", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "system control port B: PIT channel 2 gate, used to calibrate the TSC"},
+	{ID: I8042Cmd, Space: SpacePIO, Base: 0x64, Size: 1, Class: Legacy, Owner: "i8042", Profiles: Full, IRQ: -1,
+		Why: "keyboard controller command port: the CPU reset command (reboot=k)"},
+	{ID: CMOS, Space: SpacePIO, Base: 0x70, Size: 2, Class: Legacy, Owner: "cmos", Profiles: Full, IRQ: 8,
+		Why: "CMOS/RTC: wall-clock time before kvmclock, memory size for firmware"},
+	{ID: POST, Space: SpacePIO, Base: 0x80, Size: 1, Class: Legacy, Owner: "post", Profiles: Full, IRQ: -1,
+		Why: "POST diagnostic port: I/O delay writes"},
+	{ID: PICSlave, Space: SpacePIO, Base: 0xa0, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "8259 slave"},
+	{ID: COM1, Space: SpacePIO, Base: 0x3f8, Size: 8, Class: Console, Owner: "serial", Profiles: Full, IRQ: 4,
+		Why: "16550A console; extraneous, offered as the boot console and as an explicit opt-in"},
+	{ID: ELCR, Space: SpacePIO, Base: 0x4d0, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "8259 edge/level control"},
+	{ID: ACPIEvt, Space: SpacePIO, Base: 0x600, Size: 4, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: 9,
+		Why: "ACPI PM1a event block named by the FADT"},
+	{ID: ACPICnt, Space: SpacePIO, Base: 0x604, Size: 2, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: -1,
+		Why: "ACPI PM1a control block: guest power-off (S5)"},
+
+	// MMIO.
+	{ID: IOAPICMem, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "kvm-ioapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IOAPIC registers: routing of device interrupts"},
+	{ID: LAPICMem, Space: SpaceMMIO, Base: 0xfee00000, Size: 0x1000, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "local APIC registers (xAPIC mode): timer, IPIs, EOI"},
+
+	// Devices KVM emulates in the kernel.
+	{ID: KernelPIC, Space: SpaceKernel, Size: 1, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "in-kernel 8259 pair (KVM_CREATE_IRQCHIP)"},
+	{ID: KernelPIT, Space: SpaceKernel, Size: 1, Class: Legacy, Owner: "kvm-pit", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "in-kernel 8254 (KVM_CREATE_PIT2)"},
+	{ID: KernelIOAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-ioapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "in-kernel IOAPIC"},
+	{ID: KernelLAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "in-kernel local APIC, one per vCPU"},
+}
