@@ -1,0 +1,210 @@
+// Package acpi builds the guest's ACPI tables: RSDP (revision 2), XSDT,
+// FADT (revision 6), FACS, DSDT and MADT, in memory.ACPIStart..ACPIEnd.
+//
+// Every port, address and interrupt line in the tables comes from the
+// inventory: the PM1a event and control blocks and the SCI from ACPIEvt and
+// ACPICnt, the IOAPIC and local APIC windows from IOAPICMem and LAPICMem.
+//
+// Interrupt routing. The machine uses KVM's in-kernel irqchip with its
+// default GSI routing (arch/x86/kvm/irq_comm.c, default_routing; irq.c in
+// newer kernels): GSI i goes to IOAPIC pin i for i in 0..23, and also to
+// 8259 pin i%8 for i < 16. The in-kernel PIT raises GSI 0. ISA IRQ n
+// therefore reaches IOAPIC pin n unchanged, and the MADT needs no override
+// for IRQ0 (a PC's IRQ0-to-pin-2 override would be wrong here). The only
+// override is for the SCI, to declare it level-triggered, active high.
+package acpi
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
+)
+
+// slpTypS5 is the SLP_TYP value for S5 (soft off) that the PM1 control
+// block device recognises. It belongs to the acpipm device
+// (vmm/devices/acpipm, acpipm.SlpTypS5); that package does not exist yet,
+// so the value is kept here until it does.
+const slpTypS5 = 5
+
+// MaxCPUs is the most vCPUs the tables describe: xAPIC IDs and ACPI
+// processor UIDs are 8 bits, 0xff is the broadcast ID and the "all
+// processors" UID, and the IOAPIC takes the ID after the last CPU.
+const MaxCPUs = 254
+
+// Config says what machine the tables describe.
+type Config struct {
+	// CPUs is the number of vCPUs, with APIC IDs 0..CPUs-1.
+	CPUs int
+	// Legacy says the machine has the PC legacy devices: the 8259 pair
+	// (MADT PCAT_COMPAT), the i8042 and the CMOS RTC (FADT
+	// IAPC_BOOT_ARCH LEGACY_DEVICES and 8042; without Legacy the FADT
+	// says CMOS_RTC_NOT_PRESENT).
+	Legacy bool
+	// HWReduced sets the FADT's HW_REDUCED_ACPI flag: no PM1 blocks, no
+	// SCI, no FACS. The inventory has no sleep control/status register
+	// entry yet, so a HW-reduced guest cannot power itself off through
+	// ACPI. It excludes Legacy.
+	HWReduced bool
+}
+
+// ForProfile returns the configuration for cpus vCPUs and the devices
+// profile p offers.
+func ForProfile(p inventory.Profile, cpus int) Config {
+	legacy := true
+	for _, id := range []inventory.ID{inventory.PICMaster, inventory.I8042Data, inventory.CMOS} {
+		legacy = legacy && inventory.MustGet(id).In(p)
+	}
+	return Config{CPUs: cpus, Legacy: legacy}
+}
+
+// Layout of the tables in memory.ACPIStart..ACPIEnd. The RSDP comes first,
+// 16-byte aligned, so a guest that scans 0xE0000-0xFFFFF also finds it.
+const tableAlign = 16
+
+// Build writes the ACPI tables for cfg into guest memory and returns the
+// RSDP's guest-physical address, for boot_params.acpi_rsdp_addr.
+func Build(mem *memory.Guest, cfg Config) (uint64, error) {
+	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
+		return 0, fmt.Errorf("ACPI tables: %d vCPUs, want 1 to %d", cfg.CPUs, MaxCPUs)
+	}
+	if cfg.HWReduced && cfg.Legacy {
+		return 0, errors.New("ACPI tables: a HW-reduced ACPI machine cannot have the PC legacy devices")
+	}
+	res, err := resources()
+	if err != nil {
+		return 0, err
+	}
+
+	var tables []placed
+
+	// The RSDP sits at the bottom; after it each table follows the ones
+	// it points to (FACS, DSDT, MADT, then FADT, then XSDT), and the RSDP
+	// is built last, once the XSDT has an address.
+	rsdpAddr := alignUp(memory.ACPIStart, tableAlign)
+	next := rsdpAddr + rsdpSize
+	var facsAddr uint64
+	if !cfg.HWReduced {
+		facsAddr = alignUp(next, facsAlign)
+		tables = append(tables, placed{facsAddr, facs()})
+		next = facsAddr + facsSize
+	}
+	dsdtAddr := alignUp(next, tableAlign)
+	d := dsdt(slpTypS5)
+	tables = append(tables, placed{dsdtAddr, d})
+	next = dsdtAddr + uint64(len(d))
+
+	madtAddr := alignUp(next, tableAlign)
+	m := madt(madtParams{
+		lapic:     uint32(res.lapic),
+		pcat:      cfg.Legacy,
+		cpus:      cfg.CPUs,
+		ioapicID:  uint8(cfg.CPUs),
+		ioapic:    uint32(res.ioapic),
+		overrides: overrides(cfg, res),
+	})
+	tables = append(tables, placed{madtAddr, m})
+	next = madtAddr + uint64(len(m))
+
+	fadtAddr := alignUp(next, tableAlign)
+	f := fadt(fadtFor(cfg, res, facsAddr, dsdtAddr))
+	tables = append(tables, placed{fadtAddr, f})
+	next = fadtAddr + uint64(len(f))
+
+	xsdtAddr := alignUp(next, tableAlign)
+	x := xsdt(fadtAddr, madtAddr)
+	tables = append(tables, placed{xsdtAddr, x})
+	next = xsdtAddr + uint64(len(x))
+
+	tables = append(tables, placed{rsdpAddr, rsdp(xsdtAddr)})
+	if next > memory.ACPIEnd {
+		return 0, fmt.Errorf("ACPI tables need %d bytes, more than the %d between %#x and %#x",
+			next-memory.ACPIStart, memory.ACPIEnd-memory.ACPIStart, memory.ACPIStart, memory.ACPIEnd)
+	}
+
+	// Clear the whole area first: nothing stale may look like a table.
+	if err := mem.WriteAt(make([]byte, memory.ACPIEnd-memory.ACPIStart), memory.ACPIStart); err != nil {
+		return 0, fmt.Errorf("ACPI tables: %w", err)
+	}
+	for _, t := range tables {
+		if err := mem.WriteAt(t.b, t.addr); err != nil {
+			return 0, fmt.Errorf("ACPI tables: write at %#x: %w", t.addr, err)
+		}
+	}
+	return rsdpAddr, nil
+}
+
+type placed struct {
+	addr uint64
+	b    []byte
+}
+
+func alignUp(a, align uint64) uint64 { return (a + align - 1) &^ (align - 1) }
+
+// res are the inventory resources the tables name.
+type res struct {
+	pm1Evt, pm1Cnt inventory.Entry
+	sci            int
+	ioapic, lapic  uint64
+}
+
+func resources() (res, error) {
+	var r res
+	r.pm1Evt = inventory.MustGet(inventory.ACPIEvt)
+	r.pm1Cnt = inventory.MustGet(inventory.ACPICnt)
+	ioapic := inventory.MustGet(inventory.IOAPICMem)
+	lapic := inventory.MustGet(inventory.LAPICMem)
+	r.sci = r.pm1Evt.IRQ
+	r.ioapic, r.lapic = ioapic.Base, lapic.Base
+
+	for _, c := range []struct {
+		e     inventory.Entry
+		space inventory.Space
+	}{{r.pm1Evt, inventory.SpacePIO}, {r.pm1Cnt, inventory.SpacePIO}, {ioapic, inventory.SpaceMMIO}, {lapic, inventory.SpaceMMIO}} {
+		if c.e.Space != c.space || c.e.End() > 1<<32 {
+			return r, fmt.Errorf("ACPI tables: inventory entry %s is not a 32-bit %s range", c.e, c.space)
+		}
+	}
+	// PM1 event blocks hold a status and an enable register of equal
+	// size, at least 2 bytes each; control blocks are at least 2 bytes.
+	if n := r.pm1Evt.Size; n < 4 || n%2 != 0 || n > 0xff {
+		return r, fmt.Errorf("ACPI tables: PM1 event block %s is %d bytes, want an even size of 4 or more", r.pm1Evt, n)
+	}
+	if n := r.pm1Cnt.Size; n < 2 || n > 0xff {
+		return r, fmt.Errorf("ACPI tables: PM1 control block %s is %d bytes, want 2 or more", r.pm1Cnt, n)
+	}
+	if r.sci < 1 || r.sci > 15 || r.sci == 2 {
+		return r, fmt.Errorf("ACPI tables: SCI on IRQ %d from inventory entry %s, want an ISA IRQ", r.sci, r.pm1Evt)
+	}
+	return r, nil
+}
+
+func fadtFor(cfg Config, r res, facsAddr, dsdtAddr uint64) fadtParams {
+	p := fadtParams{facs: facsAddr, dsdt: dsdtAddr, flags: FlagWBINVD | FlagProcC1 | FlagSlpButton}
+	p.bootArch = BootArchVGANotPresent
+	if cfg.Legacy {
+		p.bootArch |= BootArchLegacyDevices | BootArch8042
+	} else {
+		p.bootArch |= BootArchCMOSRTCNotPre
+	}
+	if cfg.HWReduced {
+		p.flags |= FlagHWReducedACPI | FlagPwrButton
+		return p
+	}
+	p.sci = uint16(r.sci)
+	p.pm1aEvt, p.pm1EvtLen = uint32(r.pm1Evt.Base), uint8(r.pm1Evt.Size)
+	p.pm1aCnt, p.pm1CntLen = uint32(r.pm1Cnt.Base), uint8(r.pm1Cnt.Size)
+	return p
+}
+
+// overrides returns the MADT interrupt source overrides. KVM's default
+// routing sends ISA IRQ n to IOAPIC pin n, so only the SCI's polarity and
+// trigger mode need declaring: ACPI's SCI is level-triggered; active high
+// is what the PM device drives.
+func overrides(cfg Config, r res) []override {
+	if cfg.HWReduced {
+		return nil
+	}
+	return []override{{source: uint8(r.sci), gsi: uint32(r.sci), flags: intiPolarityHigh | intiTriggerLevel}}
+}

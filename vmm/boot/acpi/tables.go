@@ -1,0 +1,313 @@
+package acpi
+
+import (
+	"encoding/binary"
+)
+
+var le = binary.LittleEndian
+
+// Identification written into every table header.
+const (
+	oemID           = "BUNKER"   // 6 bytes
+	oemTableID      = "BUNKERVM" // 8 bytes
+	oemRevision     = 1
+	creatorID       = "BNKR" // 4 bytes
+	creatorRevision = 1
+)
+
+// headerSize is the size of the common System Description Table header.
+const headerSize = 36
+
+// sdt returns a table: the common header with signature sig and revision
+// rev, followed by body, with Length and Checksum filled in.
+func sdt(sig string, rev uint8, body []byte) []byte {
+	t := make([]byte, headerSize+len(body))
+	copy(t[0:4], sig)
+	le.PutUint32(t[4:], uint32(len(t)))
+	t[8] = rev
+	copy(t[10:16], oemID)
+	copy(t[16:24], oemTableID)
+	le.PutUint32(t[24:], oemRevision)
+	copy(t[28:32], creatorID)
+	le.PutUint32(t[32:], creatorRevision)
+	copy(t[headerSize:], body)
+	t[9] = checksum(t)
+	return t
+}
+
+// checksum returns the byte that makes b sum to zero, with b's own
+// checksum byte counted as zero.
+func checksum(b []byte) uint8 {
+	var s uint8
+	for _, c := range b {
+		s += c
+	}
+	return -s
+}
+
+// sum returns the 8-bit sum of b; a table with a correct checksum sums to 0.
+func sum(b []byte) uint8 {
+	var s uint8
+	for _, c := range b {
+		s += c
+	}
+	return s
+}
+
+// RSDP, revision 2 (ACPI 6.5, 5.2.5.3).
+const (
+	rsdpSize     = 36
+	rsdpV1Size   = 20
+	rsdpRevision = 2
+)
+
+func rsdp(xsdt uint64) []byte {
+	b := make([]byte, rsdpSize)
+	copy(b[0:8], "RSD PTR ")
+	copy(b[9:15], oemID)
+	b[15] = rsdpRevision
+	le.PutUint32(b[16:], 0) // RsdtAddress: no RSDT, the XSDT is used
+	le.PutUint32(b[20:], rsdpSize)
+	le.PutUint64(b[24:], xsdt)
+	b[8] = checksum(b[:rsdpV1Size])
+	b[32] = checksum(b)
+	return b
+}
+
+func xsdt(tables ...uint64) []byte {
+	body := make([]byte, 8*len(tables))
+	for i, a := range tables {
+		le.PutUint64(body[8*i:], a)
+	}
+	return sdt("XSDT", 1, body)
+}
+
+// FACS (ACPI 6.5, 5.2.10): 64 bytes, 64-byte aligned, no checksum.
+const (
+	facsSize    = 64
+	facsAlign   = 64
+	facsVersion = 2
+)
+
+func facs() []byte {
+	b := make([]byte, facsSize)
+	copy(b[0:4], "FACS")
+	le.PutUint32(b[4:], facsSize)
+	b[32] = facsVersion
+	return b
+}
+
+// gas is a Generic Address Structure (ACPI 6.5, 5.2.3.2).
+type gas struct {
+	Space      uint8
+	BitWidth   uint8
+	BitOffset  uint8
+	AccessSize uint8
+	Address    uint64
+}
+
+const (
+	gasSize       = 12
+	gasSystemIO   = 1
+	gasAccessWord = 2
+)
+
+func (g gas) put(b []byte) {
+	b[0], b[1], b[2], b[3] = g.Space, g.BitWidth, g.BitOffset, g.AccessSize
+	le.PutUint64(b[4:], g.Address)
+}
+
+// FADT, revision 6 layout (ACPI 6.0 onward, 276 bytes). Offsets are from
+// the start of the table (ACPI 6.5, Table 5.9; Linux include/acpi/actbl.h,
+// struct acpi_table_fadt).
+const (
+	fadtSize     = 276
+	fadtRevision = 6
+	fadtMinor    = 0
+
+	fadtFirmwareCtrl  = 36
+	fadtDSDT          = 40
+	fadtPreferredPM   = 45
+	fadtSCIInt        = 46
+	fadtSMICmd        = 48
+	fadtAcpiEnable    = 52
+	fadtAcpiDisable   = 53
+	fadtPM1aEvtBlk    = 56
+	fadtPM1bEvtBlk    = 60
+	fadtPM1aCntBlk    = 64
+	fadtPM1bCntBlk    = 68
+	fadtPM2CntBlk     = 72
+	fadtPMTmrBlk      = 76
+	fadtGPE0Blk       = 80
+	fadtGPE1Blk       = 84
+	fadtPM1EvtLen     = 88
+	fadtPM1CntLen     = 89
+	fadtPM2CntLen     = 90
+	fadtPMTmrLen      = 91
+	fadtGPE0BlkLen    = 92
+	fadtGPE1BlkLen    = 93
+	fadtCentury       = 108
+	fadtIAPCBootArch  = 109
+	fadtFlags         = 112
+	fadtResetReg      = 116
+	fadtResetValue    = 128
+	fadtARMBootArch   = 129
+	fadtMinorVersion  = 131
+	fadtXFirmwareCtrl = 132
+	fadtXDSDT         = 140
+	fadtXPM1aEvtBlk   = 148
+	fadtXPM1bEvtBlk   = 160
+	fadtXPM1aCntBlk   = 172
+	fadtXPM1bCntBlk   = 184
+	fadtXPM2CntBlk    = 196
+	fadtXPMTmrBlk     = 208
+	fadtXGPE0Blk      = 220
+	fadtXGPE1Blk      = 232
+	fadtSleepCtrlReg  = 244
+	fadtSleepStsReg   = 256
+	fadtHypervisorID  = 268
+)
+
+// IAPC_BOOT_ARCH flags (ACPI 6.5, Table 5.11).
+const (
+	BootArchLegacyDevices = 1 << 0 // LPC/ISA devices the OS must discover by probing
+	BootArch8042          = 1 << 1 // an 8042 keyboard controller at ports 0x60/0x64
+	BootArchVGANotPresent = 1 << 2 // do not probe for VGA
+	BootArchMSINotSupp    = 1 << 3
+	BootArchPCIeASPM      = 1 << 4
+	BootArchCMOSRTCNotPre = 1 << 5 // no CMOS RTC at ports 0x70/0x71
+)
+
+// FADT Flags (ACPI 6.5, Table 5.10).
+const (
+	FlagWBINVD        = 1 << 0  // WBINVD flushes and invalidates caches
+	FlagProcC1        = 1 << 2  // all processors support C1
+	FlagPwrButton     = 1 << 4  // no fixed-hardware power button
+	FlagSlpButton     = 1 << 5  // no fixed-hardware sleep button
+	FlagResetRegSup   = 1 << 10 // RESET_REG is valid
+	FlagHWReducedACPI = 1 << 20 // no ACPI fixed hardware: PM1, PM timer, GPE, SCI
+)
+
+// fadtParams are the values the FADT is built from.
+type fadtParams struct {
+	facs, dsdt uint64
+	sci        uint16
+	pm1aEvt    uint32
+	pm1EvtLen  uint8
+	pm1aCnt    uint32
+	pm1CntLen  uint8
+	bootArch   uint16
+	flags      uint32
+}
+
+func fadt(p fadtParams) []byte {
+	b := make([]byte, fadtSize-headerSize)
+	at := func(off int) []byte { return b[off-headerSize:] }
+	le.PutUint32(at(fadtFirmwareCtrl), uint32(p.facs))
+	le.PutUint32(at(fadtDSDT), uint32(p.dsdt))
+	le.PutUint16(at(fadtSCIInt), p.sci)
+	// SMI_CMD 0: ACPI is always enabled, there is no SMM to hand over
+	// from. ACPI_ENABLE/ACPI_DISABLE stay 0.
+	le.PutUint32(at(fadtSMICmd), 0)
+	le.PutUint32(at(fadtPM1aEvtBlk), p.pm1aEvt)
+	le.PutUint32(at(fadtPM1aCntBlk), p.pm1aCnt)
+	// PM_TMR_BLK 0: no ACPI PM timer; the guest uses kvmclock/TSC.
+	at(fadtPM1EvtLen)[0] = p.pm1EvtLen
+	at(fadtPM1CntLen)[0] = p.pm1CntLen
+	le.PutUint16(at(fadtIAPCBootArch), p.bootArch)
+	le.PutUint32(at(fadtFlags), p.flags)
+	at(fadtMinorVersion)[0] = fadtMinor
+	le.PutUint64(at(fadtXFirmwareCtrl), p.facs)
+	le.PutUint64(at(fadtXDSDT), p.dsdt)
+	if p.pm1aEvt != 0 {
+		gas{Space: gasSystemIO, BitWidth: 8 * p.pm1EvtLen, AccessSize: gasAccessWord, Address: uint64(p.pm1aEvt)}.put(at(fadtXPM1aEvtBlk))
+	}
+	if p.pm1aCnt != 0 {
+		gas{Space: gasSystemIO, BitWidth: 8 * p.pm1CntLen, AccessSize: gasAccessWord, Address: uint64(p.pm1aCnt)}.put(at(fadtXPM1aCntBlk))
+	}
+	return sdt("FACP", fadtRevision, b)
+}
+
+// MADT (ACPI 6.5, 5.2.12).
+const (
+	madtRevision   = 5
+	madtPCATCompat = 1 << 0 // dual 8259s present: mask them when using the APICs
+
+	madtLocalAPIC      = 0 // Processor Local APIC, 8 bytes
+	madtIOAPIC         = 1 // I/O APIC, 12 bytes
+	madtIntSrcOverride = 2 // Interrupt Source Override, 10 bytes
+	madtLocalAPICNMI   = 4 // Local APIC NMI, 6 bytes
+
+	localAPICEnabled = 1 << 0
+
+	// MPS INTI flags of an Interrupt Source Override (Table 5.50).
+	intiPolarityHigh = 1 << 0 // bits 1:0 = 01
+	intiPolarityLow  = 3 << 0 // bits 1:0 = 11
+	intiTriggerEdge  = 1 << 2 // bits 3:2 = 01
+	intiTriggerLevel = 3 << 2 // bits 3:2 = 11
+
+	allProcessors = 0xff // ACPI Processor UID meaning every processor
+)
+
+type override struct {
+	source uint8  // ISA IRQ
+	gsi    uint32 // global system interrupt it arrives at
+	flags  uint16 // MPS INTI flags
+}
+
+type madtParams struct {
+	lapic     uint32
+	pcat      bool
+	cpus      int
+	ioapicID  uint8
+	ioapic    uint32
+	overrides []override
+}
+
+func madt(p madtParams) []byte {
+	b := make([]byte, 8)
+	le.PutUint32(b[0:], p.lapic)
+	if p.pcat {
+		le.PutUint32(b[4:], madtPCATCompat)
+	}
+	for i := range p.cpus {
+		e := make([]byte, 8)
+		e[0], e[1] = madtLocalAPIC, 8
+		e[2] = uint8(i) // ACPI Processor UID
+		e[3] = uint8(i) // APIC ID
+		le.PutUint32(e[4:], localAPICEnabled)
+		b = append(b, e...)
+	}
+	e := make([]byte, 12)
+	e[0], e[1] = madtIOAPIC, 12
+	e[2] = p.ioapicID
+	le.PutUint32(e[4:], p.ioapic)
+	le.PutUint32(e[8:], 0) // GSI base
+	b = append(b, e...)
+	for _, o := range p.overrides {
+		e := make([]byte, 10)
+		e[0], e[1] = madtIntSrcOverride, 10
+		e[2] = 0 // bus: ISA
+		e[3] = o.source
+		le.PutUint32(e[4:], o.gsi)
+		le.PutUint16(e[8:], o.flags)
+		b = append(b, e...)
+	}
+	// NMI arrives on LINT1 of every local APIC, as on a PC.
+	e = make([]byte, 6)
+	e[0], e[1] = madtLocalAPICNMI, 6
+	e[2] = allProcessors
+	le.PutUint16(e[3:], 0) // flags: conforms to the bus
+	e[5] = 1               // LINT1
+	b = append(b, e...)
+	return sdt("APIC", madtRevision, b)
+}
+
+// dsdtRevision 2 makes AML integers 64 bits wide.
+const dsdtRevision = 2
+
+func dsdt(slpTypS5 uint64) []byte {
+	// Name (_S5, Package () { SLP_TYPa, SLP_TYPb, Reserved, Reserved })
+	aml := nameOp("_S5_", packageOp(amlInteger(slpTypS5), amlInteger(slpTypS5), amlInteger(0), amlInteger(0)))
+	return sdt("DSDT", dsdtRevision, aml)
+}
