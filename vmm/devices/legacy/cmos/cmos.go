@@ -82,6 +82,8 @@ const (
 	dVRT = 0x80 // valid RAM and time
 
 	alarmDontCare = 0xc0
+	hourPM        = 0x80 // 12-hour mode: afternoon
+	indexNMI      = 0x80 // index bit 7: the PC's NMI mask
 
 	// uipWindow is how long before each second's end UIP reads set.
 	uipWindow = 244 * time.Microsecond
@@ -217,7 +219,7 @@ func (c *CMOS) Write(offset uint64, data []byte) {
 	for i, v := range data {
 		switch offset + uint64(i) {
 		case portIndex:
-			c.index = v &^ 0x80 // bit 7 masks NMIs on a PC; not ours to model
+			c.index = v &^ indexNMI // not ours to model
 		case portData:
 			c.write(c.index, v)
 		}
@@ -357,7 +359,7 @@ func (c *CMOS) encodeHour(h int) byte {
 	}
 	v := c.encode(h12)
 	if h >= 12 {
-		v |= 0x80
+		v |= hourPM
 	}
 	return v
 }
@@ -367,7 +369,7 @@ func (c *CMOS) decodeHour(v byte) int {
 		return c.decode(v)
 	}
 	h := c.decode(v&0x7f) % 12
-	if v&0x80 != 0 {
+	if v&hourPM != 0 {
 		h += 12
 	}
 	return h
