@@ -103,8 +103,16 @@ func (c *VCPU) MMIO() (MMIOExit, error) {
 // SystemEvent returns the type of an ExitSystemEvent.
 func (c *VCPU) SystemEvent() uint32 { return le.Uint32(c.run[runUnion:]) }
 
-// InternalError returns the suberror of an ExitInternalError.
-func (c *VCPU) InternalError() uint32 { return le.Uint32(c.run[runUnion:]) }
+// InternalError returns the suberror of an ExitInternalError and the
+// data KVM attached to it.
+func (c *VCPU) InternalError() (suberror uint32, data []uint64) {
+	u := c.run[runUnion:]
+	n := min(le.Uint32(u[4:]), 16)
+	for i := range n {
+		data = append(data, le.Uint64(u[8+8*i:]))
+	}
+	return le.Uint32(u), data
+}
 
 // FailEntryReason returns the hardware reason of an ExitFailEntry.
 func (c *VCPU) FailEntryReason() uint64 { return le.Uint64(c.run[runUnion:]) }

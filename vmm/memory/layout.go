@@ -19,6 +19,7 @@
 //	      ...    RAM up to min(size, PCIHoleStart); the initrd sits at its top
 //	0xc000_0000  32-bit PCI hole, never RAM     (PCIHoleStart .. PCIHoleEnd);
 //	             the IOAPIC and LAPIC windows live here (see vmm/inventory)
+//	0xfffb_c000  KVM's identity-map page, then its 3-page TSS (Intel only)
 //	0x1_0000_0000 RAM above the hole, if the guest has more than 3 GiB
 package memory
 
@@ -44,6 +45,12 @@ const (
 
 	PCIHoleStart = 0xc0000000
 	PCIHoleEnd   = 0x100000000
+
+	// KVMIdentityMap and KVMTSS are pages inside the PCI hole that KVM
+	// needs on Intel hosts for real-mode emulation; the guest never sees RAM
+	// there.
+	KVMIdentityMap = 0xfffbc000
+	KVMTSS         = 0xfffbd000
 
 	// MinSize and MaxSize bound guest RAM.
 	MinSize = 64 << 20

@@ -177,7 +177,8 @@ func (v *VCPU) exit() (Event, bool, error) {
 	case kvm.ExitFailEntry:
 		return Stopped, true, v.withRIP(fmt.Errorf("KVM_EXIT_FAIL_ENTRY, hardware reason %#x", v.cpu.FailEntryReason()))
 	case kvm.ExitInternalError:
-		return Stopped, true, v.withRIP(fmt.Errorf("KVM_EXIT_INTERNAL_ERROR, suberror %d", v.cpu.InternalError()))
+		sub, data := v.cpu.InternalError()
+		return Stopped, true, v.withRIP(fmt.Errorf("KVM_EXIT_INTERNAL_ERROR, suberror %d, data %#x", sub, data))
 	default:
 		return Stopped, true, v.withRIP(fmt.Errorf("unexpected exit %v", r))
 	}

@@ -17,16 +17,15 @@ package acpi
 import (
 	"errors"
 	"fmt"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
 )
 
-// slpTypS5 is the SLP_TYP value for S5 (soft off) that the PM1 control
-// block device recognises. It belongs to the acpipm device
-// (vmm/devices/acpipm, acpipm.SlpTypS5); that package does not exist yet,
-// so the value is kept here until it does.
-const slpTypS5 = 5
+// slpTypS5 is the SLP_TYP value for S5 (soft off): the DSDT's \_S5
+// package tells the guest to write what the PM device acts on.
+const slpTypS5 = acpipm.SlpTypS5
 
 // MaxCPUs is the most vCPUs the tables describe: xAPIC IDs and ACPI
 // processor UIDs are 8 bits, 0xff is the broadcast ID and the "all

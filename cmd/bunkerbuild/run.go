@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/term"
+	"github.com/bunkerbuild/bunkerbuild/internal/units"
+	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
+)
+
+// defaultCmdline suits the stock Debian kernel on the full profile.
+const defaultCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
+
+func vmFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "mem", Value: "512M", Usage: "guest RAM, e.g. 512M or 2G"},
+		&cli.IntFlag{Name: "cpus", Value: 2, Usage: "number of vCPUs"},
+		&cli.StringFlag{Name: "profile", Value: "full", Usage: "device profile: full (boot-time) or minimal (production)"},
+		&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny (count, read ones) or kill (stop the VM)"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses and VMM events to stderr"},
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "boot a Linux kernel in the foreground, its serial console on this terminal (Ctrl-A x quits)",
+		ArgsUsage: " ",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "kernel", Required: true, Usage: "bzImage to boot"},
+			&cli.StringFlag{Name: "initrd", Usage: "initramfs to load"},
+			&cli.StringFlag{Name: "cmdline", Value: defaultCmdline, Usage: "kernel command line"},
+		}, vmFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError("run takes no arguments, got %q", c.Args().Slice())
+			}
+			cfg, err := machineConfig(c, c.String("kernel"), c.String("initrd"), c.String("cmdline"))
+			if err != nil {
+				return err
+			}
+			return runInteractive(c.Context, cfg)
+		},
+	}
+}
+
+// machineConfig reads the VM flags and the guest's files.
+func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Config, error) {
+	var cfg machine.Config
+	mem, err := units.ParseSize(c.String("mem"))
+	if err != nil {
+		return cfg, usageError("--mem: %v", err)
+	}
+	prof, err := inventory.ParseProfile(c.String("profile"))
+	if err != nil {
+		return cfg, usageError("--profile: %v", err)
+	}
+	pol, err := bus.ParsePolicy(c.String("policy"))
+	if err != nil {
+		return cfg, usageError("--policy: %v", err)
+	}
+	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline}
+	if cfg.Kernel, err = os.ReadFile(kernel); err != nil {
+		return cfg, usageError("kernel: %v", err)
+	}
+	if initrd != "" {
+		if cfg.Initrd, err = os.ReadFile(initrd); err != nil {
+			return cfg, usageError("initrd: %v", err)
+		}
+	}
+	logOut := io.Discard
+	if c.Bool("verbose") {
+		logOut = os.Stderr
+	}
+	cfg.Log = log.New(logOut, "bunkerbuild: ", log.Ltime|log.Lmicroseconds)
+	return cfg, nil
+}
+
+// runInteractive boots cfg with the console on this process's terminal and
+// maps how the guest ended to the exit status.
+func runInteractive(ctx context.Context, cfg machine.Config) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	quit := make(chan struct{}, 1)
+	cfg.ConsoleIn = serial.NewEscape(os.Stdin, func() { quit <- struct{}{}; cancel() })
+	cfg.ConsoleOut = os.Stdout
+	if term.IsTerminal(int(os.Stdin.Fd())) {
+		restore, err := term.MakeRaw(int(os.Stdin.Fd()))
+		if err != nil {
+			return err
+		}
+		// The guest's tty already turns LF into CR LF.
+		defer restore()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return boot(ctx, cfg, quit)
+}
+
+func boot(ctx context.Context, cfg machine.Config, quit <-chan struct{}) error {
+	m, err := machine.New(cfg)
+	if err != nil {
+		if errors.Is(err, machine.ErrInvalid) {
+			return cli.Exit(err.Error(), exitUsage)
+		}
+		return err
+	}
+	defer m.Close()
+	how, err := m.Run(ctx)
+	if err != nil {
+		return err
+	}
+	switch how {
+	case machine.ExitPoweroff:
+		return nil
+	case machine.ExitReboot:
+		return cli.Exit("guest rebooted", exitReboot)
+	}
+	select {
+	case <-quit:
+		return cli.Exit("quit (Ctrl-A x)", exitStopped)
+	default:
+		return cli.Exit("stopped", exitStopped)
+	}
+}

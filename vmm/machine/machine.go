@@ -1,0 +1,252 @@
+// Package machine assembles a virtual machine from KVM, guest memory, the
+// buses and the devices of one inventory profile, boots a Linux kernel on
+// it and runs its vCPUs.
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"sync"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
+	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/vcpu"
+)
+
+// MaxCPUs bounds the vCPU count: APIC IDs and the MADT use 8-bit IDs.
+const MaxCPUs = 64
+
+// ErrInvalid marks errors caused by bad input: the configuration, the
+// kernel or the initrd.
+var ErrInvalid = errors.New("invalid machine configuration")
+
+// Config describes a machine.
+type Config struct {
+	Profile inventory.Profile
+	Policy  bus.Policy // for accesses outside the profile's inventory
+	Memory  uint64     // bytes of guest RAM
+	CPUs    int
+
+	Kernel  []byte // bzImage
+	Initrd  []byte // optional
+	Cmdline string
+
+	// Console is the serial console's host side. A nil Input reads nothing.
+	ConsoleIn  io.Reader
+	ConsoleOut io.Writer
+
+	// Log receives the VMM's own messages (denied accesses, ...).
+	Log *log.Logger
+}
+
+func (c *Config) check() error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		return fmt.Errorf("vCPU count %d out of range (1 to %d)", c.CPUs, MaxCPUs)
+	}
+	if c.Memory < memory.MinSize || c.Memory > memory.MaxSize {
+		return fmt.Errorf("memory size %d MiB out of range (%d MiB to %d GiB)", c.Memory>>20, memory.MinSize>>20, memory.MaxSize>>30)
+	}
+	if c.Profile != inventory.Full && c.Profile != inventory.Minimal {
+		return fmt.Errorf("device profile %v: want exactly one of full or minimal", c.Profile)
+	}
+	if len(c.Kernel) == 0 {
+		return errors.New("no kernel image")
+	}
+	return nil
+}
+
+// Exit is how a machine's run ended.
+type Exit int
+
+const (
+	// ExitPoweroff: the guest powered off.
+	ExitPoweroff Exit = iota
+	// ExitReboot: the guest rebooted (or triple-faulted).
+	ExitReboot
+	// ExitStopped: the host stopped the machine (context or Stop).
+	ExitStopped
+)
+
+func (e Exit) String() string {
+	switch e {
+	case ExitPoweroff:
+		return "poweroff"
+	case ExitReboot:
+		return "reboot"
+	}
+	return "stopped"
+}
+
+// Machine is a configured VM, ready to Run once.
+type Machine struct {
+	cfg   Config
+	sys   *kvm.System
+	vm    *kvm.VM
+	mem   *memory.Guest
+	pio   *bus.Bus
+	mmio  *bus.Bus
+	cpus  []*vcpu.VCPU
+	close []func() error // device and resource cleanups, run in reverse
+
+	exitOnce sync.Once
+	exit     Exit // set by the first guest event
+}
+
+// New creates the VM, its devices and vCPUs, and loads the kernel.
+func New(cfg Config) (m *Machine, err error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = log.New(io.Discard, "", 0)
+	}
+	m = &Machine{cfg: cfg, exit: ExitStopped}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.sys, err = kvm.Open(); err != nil {
+		return nil, err
+	}
+	m.close = append(m.close, m.sys.Close)
+	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && cfg.CPUs > max {
+		return nil, fmt.Errorf("vCPU count %d exceeds this host's KVM limit of %d", cfg.CPUs, max)
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	m.close = append(m.close, m.vm.Close)
+	if err = m.vm.SetIdentityMapAddr(memory.KVMIdentityMap); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetTSSAddr(memory.KVMTSS); err != nil {
+		return nil, err
+	}
+	if err = m.createIRQChip(); err != nil {
+		return nil, err
+	}
+	if m.mem, err = memory.New(cfg.Memory); err != nil {
+		return nil, err
+	}
+	m.close = append(m.close, m.mem.Close)
+	regions, maps := m.mem.Regions()
+	for i, r := range regions {
+		if err = m.vm.SetUserMemoryRegion(uint32(i), r.GPA, maps[i]); err != nil {
+			return nil, err
+		}
+	}
+	m.pio = bus.New(inventory.SpacePIO, cfg.Policy, cfg.Log)
+	m.mmio = bus.New(inventory.SpaceMMIO, cfg.Policy, cfg.Log)
+	if err = m.attachDevices(); err != nil {
+		return nil, err
+	}
+	entry, err := m.loadGuest()
+	if err != nil {
+		return nil, err
+	}
+	if err = m.createVCPUs(entry); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// createIRQChip sets up the in-kernel interrupt controllers of the profile.
+func (m *Machine) createIRQChip() error {
+	if err := m.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if m.offers(inventory.KernelPIT) {
+		return m.vm.CreatePIT2(kvm.PITSpeakerDummy)
+	}
+	return nil
+}
+
+// offers reports whether the machine's profile includes entry id.
+func (m *Machine) offers(id inventory.ID) bool {
+	return inventory.MustGet(id).In(m.cfg.Profile)
+}
+
+// Memory returns guest RAM.
+func (m *Machine) Memory() *memory.Guest { return m.mem }
+
+// Buses returns the port and MMIO buses, for access accounting.
+func (m *Machine) Buses() (pio, mmio *bus.Bus) { return m.pio, m.mmio }
+
+// guestExit records the first guest-initiated end of the run and stops
+// every vCPU. Devices call it from vCPU threads.
+func (m *Machine) guestExit(e Exit) {
+	m.exitOnce.Do(func() { m.exit = e })
+	for _, c := range m.cpus {
+		c.Stop()
+	}
+}
+
+// Run runs every vCPU until the guest powers off or reboots, ctx is done,
+// or a vCPU fails. It returns how the run ended.
+func (m *Machine) Run(ctx context.Context) (Exit, error) {
+	var wg sync.WaitGroup
+	errs := make([]error, len(m.cpus))
+	for i, c := range m.cpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev, err := c.Run(ctx)
+			switch {
+			case err != nil:
+				errs[i] = err
+				m.guestExit(ExitStopped)
+			case ev == vcpu.Shutdown:
+				m.guestExit(ExitPoweroff)
+			case ev == vcpu.Reset:
+				m.guestExit(ExitReboot)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return ExitStopped, err
+	}
+	m.exitOnce.Do(func() {}) // a host stop leaves ExitStopped
+	return m.exit, nil
+}
+
+// Pause parks every vCPU at a clean point.
+func (m *Machine) Pause() {
+	for _, c := range m.cpus {
+		c.Pause()
+	}
+}
+
+// Resume lets paused vCPUs run again.
+func (m *Machine) Resume() {
+	for _, c := range m.cpus {
+		c.Resume()
+	}
+}
+
+// Stop makes Run return ExitStopped.
+func (m *Machine) Stop() { m.guestExit(ExitStopped) }
+
+// Close releases the VM, its devices and guest memory. Run must have
+// returned.
+func (m *Machine) Close() error {
+	var errs []error
+	for i := len(m.close) - 1; i >= 0; i-- {
+		errs = append(errs, m.close[i]())
+	}
+	m.close = nil
+	return errors.Join(errs...)
+}

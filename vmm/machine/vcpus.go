@@ -1,0 +1,66 @@
+package machine
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
+	"github.com/bunkerbuild/bunkerbuild/vmm/vcpu"
+)
+
+// Local APIC register offsets and LVT delivery modes, for virtual-wire
+// mode: LINT0 passes the PIC's interrupts (ExtINT), LINT1 is the NMI pin.
+const (
+	apicLVTLINT0   = 0x350
+	apicLVTLINT1   = 0x360
+	apicModeMask   = 0x700
+	apicModeNMI    = 0x400
+	apicModeExtINT = 0x700
+)
+
+// createVCPUs creates every vCPU with its CPUID and local APIC wiring, and
+// puts vCPU 0 at the kernel's 64-bit entry. The others wait in KVM for the
+// INIT/SIPI sequence Linux sends through the in-kernel LAPIC.
+func (m *Machine) createVCPUs(entry bootEntry) error {
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for id := 0; id < m.cfg.CPUs; id++ {
+		c, err := m.vm.CreateVCPU(id)
+		if err != nil {
+			return err
+		}
+		m.close = append(m.close, c.Close)
+		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs)); err != nil {
+			return err
+		}
+		if err := setLINTs(c); err != nil {
+			return err
+		}
+		if id == 0 {
+			if err := entry.apply(c); err != nil {
+				return err
+			}
+		}
+		m.cpus = append(m.cpus, vcpu.New(c, m.pio, m.mmio))
+	}
+	return nil
+}
+
+func setLINTs(c *kvm.VCPU) error {
+	l, err := c.LAPIC()
+	if err != nil {
+		return err
+	}
+	set := func(reg int, mode uint32) {
+		v := binary.LittleEndian.Uint32(l[reg:])
+		binary.LittleEndian.PutUint32(l[reg:], v&^apicModeMask|mode)
+	}
+	set(apicLVTLINT0, apicModeExtINT)
+	set(apicLVTLINT1, apicModeNMI)
+	if err := c.SetLAPIC(l); err != nil {
+		return fmt.Errorf("wire LINT0/LINT1 of vCPU %d: %w", c.ID, err)
+	}
+	return nil
+}
