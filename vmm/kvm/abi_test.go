@@ -14,7 +14,7 @@ import (
 
 // abiChecks pairs each Go value with the C expression it must equal.
 var abiChecks = []struct {
-	c  string
+	c     string
 	goVal uintptr
 }{
 	{"sizeof(struct kvm_regs)", unsafe.Sizeof(Regs{})},
