@@ -6,6 +6,7 @@ package kvm
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,15 +26,22 @@ type System struct {
 	runSize int
 }
 
+// labHint tells a person without usable KVM what to do.
+const labHint = "run inside the nested lab instead: go run ./cmd/bunkerlab run -- COMMAND"
+
 // Open opens /dev/kvm and checks the API version.
 func Open() (*System, error) {
 	fd, err := unix.Open(DevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		hint := "run the tests or commands inside the nested lab: go run ./cmd/bunkerlab run -- COMMAND"
+		hint := labHint
 		if errors.Is(err, unix.ENOENT) {
 			return nil, fmt.Errorf("%w: %s does not exist on this machine; %s", ErrNoKVM, DevicePath, hint)
 		}
 		return nil, fmt.Errorf("%w: open %s: %v; %s", ErrNoKVM, DevicePath, err, hint)
+	}
+	if err := checkBackend(); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w: %v; %s", ErrNoKVM, err, labHint)
 	}
 	s := &System{fd: fd}
 	v, err := ioctlPtr(fd, reqGetAPIVersion, 0)
@@ -52,6 +60,21 @@ func Open() (*System, error) {
 	}
 	s.runSize = int(n)
 	return s, nil
+}
+
+// checkBackend refuses a /dev/kvm that cannot run unmodified guests.
+// Some cloud VMs offer KVM through PVM (the kvm_pvm module), which runs
+// guests without hardware virtualization and boots only kernels built as
+// PVM guests; a stock kernel fails there in the decompressor.
+func checkBackend() error {
+	has := func(mod string) bool {
+		_, err := os.Stat("/sys/module/" + mod)
+		return err == nil
+	}
+	if has("kvm_pvm") && !has("kvm_amd") && !has("kvm_intel") {
+		return errors.New("/dev/kvm is served by kvm_pvm, which cannot run unmodified guest kernels")
+	}
+	return nil
 }
 
 // Available reports whether /dev/kvm can be opened, and if not, why.

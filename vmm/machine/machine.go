@@ -4,6 +4,7 @@
 package machine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"log"
 	"sync"
 
+	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
@@ -64,6 +66,11 @@ func (c *Config) validate() error {
 	if len(c.Kernel) == 0 {
 		return errors.New("no kernel image")
 	}
+	// Refuse a file that is not a bzImage before touching KVM; Load checks
+	// the rest against the guest's memory.
+	if _, err := linux.ParseHeader(bytes.NewReader(c.Kernel)); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -105,19 +112,29 @@ type Machine struct {
 }
 
 // New creates the VM, its devices and vCPUs, and loads the kernel.
-func New(cfg Config) (m *Machine, err error) {
+func New(cfg Config) (_ *Machine, err error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = log.New(io.Discard, "", 0)
 	}
-	m = &Machine{cfg: cfg, exit: ExitStopped}
+	m := &Machine{cfg: cfg, exit: ExitStopped}
 	defer func() {
 		if err != nil {
 			m.Close()
 		}
 	}()
+	if m.mem, err = memory.New(cfg.Memory); err != nil {
+		return nil, err
+	}
+	m.close = append(m.close, m.mem.Close)
+	// Load the guest before touching KVM, so that bad input is reported
+	// as such on any machine.
+	entry, err := m.loadGuest()
+	if err != nil {
+		return nil, err
+	}
 	if m.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
@@ -138,10 +155,6 @@ func New(cfg Config) (m *Machine, err error) {
 	if err = m.createIRQChip(); err != nil {
 		return nil, err
 	}
-	if m.mem, err = memory.New(cfg.Memory); err != nil {
-		return nil, err
-	}
-	m.close = append(m.close, m.mem.Close)
 	regions, maps := m.mem.Regions()
 	for i, r := range regions {
 		if err = m.vm.SetUserMemoryRegion(uint32(i), r.GPA, maps[i]); err != nil {
@@ -151,10 +164,6 @@ func New(cfg Config) (m *Machine, err error) {
 	m.pio = bus.New(inventory.SpacePIO, cfg.Policy, cfg.Log)
 	m.mmio = bus.New(inventory.SpaceMMIO, cfg.Policy, cfg.Log)
 	if err = m.attachDevices(); err != nil {
-		return nil, err
-	}
-	entry, err := m.loadGuest()
-	if err != nil {
 		return nil, err
 	}
 	if err = m.createVCPUs(entry); err != nil {
