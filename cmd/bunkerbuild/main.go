@@ -27,8 +27,8 @@ func main() {
 			"3 guest rebooted, 4 stopped by the user or a signal.",
 		Commands: []*cli.Command{
 			runCommand(),
-			// guestCommand(),
-			// demoCommand(),
+			guestCommand(),
+			demoCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main reports errors itself
 	}

@@ -1,0 +1,134 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
+	"github.com/bunkerbuild/bunkerbuild/internal/session"
+	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
+)
+
+const guestCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
+
+// bootDefault boots the default guest on the full profile and waits for
+// its shell.
+func bootDefault(t *testing.T, ctx context.Context, cpus int, mem uint64) *session.Session {
+	t.Helper()
+	kvmtest.Require(t)
+	kernel, initrd := defaultGuest(t)
+	var logBuf bytes.Buffer
+	cfg := machine.Config{
+		Profile: inventory.Full, Policy: bus.Deny, Memory: mem, CPUs: cpus,
+		Kernel: kernel, Initrd: initrd, Cmdline: guestCmdline,
+		Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds),
+	}
+	s, err := session.Start(ctx, cfg, nil)
+	if err != nil {
+		t.Fatalf("start the guest: %v", err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		if t.Failed() {
+			t.Logf("guest console:\n%s\nVMM log:\n%s", s.Console.Output(), logBuf.String())
+		}
+	})
+	// The default guest's init runs "bunkerguest info" before the shell.
+	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`cpus=\d+`)); err != nil {
+		t.Fatalf("guest did not reach userspace: %v", err)
+	}
+	if _, status, err := s.Console.Run(ctx, "true"); err != nil || status != 0 {
+		t.Fatalf("guest shell does not answer: status %d, %v", status, err)
+	}
+	return s
+}
+
+func run(t *testing.T, ctx context.Context, s *session.Session, cmd string) string {
+	t.Helper()
+	out, status, err := s.Console.Run(ctx, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != 0 {
+		t.Fatalf("%s: exit status %d, output %q", cmd, status, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// info parses bunkerguest's key=value lines.
+func info(t *testing.T, ctx context.Context, s *session.Session) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(run(t, ctx, s, "bunkerguest info"), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func TestBootDefaultGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const mem = 512 << 20
+	s := bootDefault(t, ctx, 2, mem)
+
+	if got := run(t, ctx, s, "cat /sys/devices/system/cpu/online"); got != "0-1" {
+		t.Errorf("online CPUs = %q, want 0-1", got)
+	}
+	in := info(t, ctx, s)
+	hostNow := time.Now()
+	if in["cpus"] != "2" {
+		t.Errorf("bunkerguest info: cpus=%q, want 2", in["cpus"])
+	}
+	// MemTotal is RAM less what the kernel reserves for itself; its own
+	// image and tables take well under 64 MiB of a 512 MiB guest.
+	kib, err := strconv.ParseUint(in["mem_total_kib"], 10, 64)
+	if err != nil {
+		t.Fatalf("bunkerguest info: mem_total_kib=%q: %v", in["mem_total_kib"], err)
+	}
+	if kib > mem>>10 || kib < (mem-64<<20)>>10 {
+		t.Errorf("MemTotal = %d KiB, want between %d and %d", kib, (mem-64<<20)>>10, mem>>10)
+	}
+	secs, err := strconv.ParseInt(in["unix_time"], 10, 64)
+	if err != nil {
+		t.Fatalf("bunkerguest info: unix_time=%q: %v", in["unix_time"], err)
+	}
+	if d := hostNow.Sub(time.Unix(secs, 0)); d < -5*time.Second || d > 5*time.Second {
+		t.Errorf("guest clock is %v off the host's", d)
+	}
+
+	if err := s.Console.Send("poweroff\n"); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := s.Wait(ctx)
+	if err != nil {
+		t.Fatalf("after poweroff: %v", err)
+	}
+	if exit != machine.ExitPoweroff {
+		t.Fatalf("guest poweroff ended the VMM with %v, want poweroff", exit)
+	}
+}
+
+func TestRebootEndsVMM(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s := bootDefault(t, ctx, 1, 256<<20)
+	if err := s.Console.Send("reboot\n"); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := s.Wait(ctx)
+	if err != nil {
+		t.Fatalf("after reboot: %v", err)
+	}
+	if exit != machine.ExitReboot {
+		t.Fatalf("guest reboot ended the VMM with %v, want reboot", exit)
+	}
+}
