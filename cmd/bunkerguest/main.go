@@ -1,0 +1,63 @@
+// Command bunkerguest is bunkerbuild's tool inside the guest. It is built
+// static (CGO_ENABLED=0) and installed in the default guest initramfs at
+// /bin/bunkerguest, where u-root's init runs "bunkerguest info" as its uinit
+// before starting the shell.
+//
+// Usage:
+//
+//	bunkerguest info      print facts about the guest as key=value lines
+//	bunkerguest poweroff  sync and power the machine off
+//	bunkerguest reboot    sync and restart the machine
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+const usage = "usage: bunkerguest info|poweroff|reboot"
+
+var errUsage = errors.New(usage)
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("bunkerguest: ")
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		if errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, usage)
+			os.Exit(2)
+		}
+		log.Fatal(err)
+	}
+}
+
+func run(args []string, stdout io.Writer) error {
+	if len(args) != 1 {
+		return errUsage
+	}
+	switch args[0] {
+	case "info":
+		return printInfo(stdout)
+	case "poweroff":
+		return shutdown(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	case "reboot":
+		return shutdown(unix.LINUX_REBOOT_CMD_RESTART)
+	default:
+		return errUsage
+	}
+}
+
+// shutdown flushes the file systems and then powers off or restarts the
+// machine, depending on cmd. It returns only on failure.
+func shutdown(cmd int) error {
+	unix.Sync()
+	if err := unix.Reboot(cmd); err != nil {
+		return fmt.Errorf("reboot(%#x): %w", cmd, err)
+	}
+	return nil
+}
