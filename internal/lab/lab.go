@@ -270,6 +270,8 @@ func (w *watcher) result(ctx context.Context, qemuErr error, console string) (la
 	switch {
 	case ctx.Err() != nil:
 		return labproto.Status{}, context.Cause(ctx)
+	case w.final != nil && w.final.Kind == labproto.Fail && w.ready:
+		return labproto.Status{}, fmt.Errorf("L1 init: %s", w.final.Detail)
 	case w.final != nil && w.final.Kind == labproto.Fail:
 		return labproto.Status{}, fmt.Errorf("L1 init failed: %s%s", w.final.Detail, consoleTail(console))
 	case w.final != nil:

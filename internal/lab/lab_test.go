@@ -45,6 +45,8 @@ func TestWatcherResult(t *testing.T) {
 		{name: "first final status wins", statuses: []labproto.Status{ready, exit3, {Kind: labproto.Exit, Code: 0}}, want: exit3},
 		{name: "init failed", statuses: []labproto.Status{{Kind: labproto.Fail, Detail: "mount 9p: no such device"}},
 			wantErr: "L1 init failed: mount 9p: no such device; end of the console:\nboot\nconsole line"},
+		{name: "command failed to start", statuses: []labproto.Status{ready, {Kind: labproto.Fail, Detail: "start x: no such file"}},
+			wantErr: "L1 init: start x: no such file"},
 		{name: "no status", wantErr: "L1 stopped before it was ready (qemu: exit status 1); end of the console:\nboot\nconsole line"},
 		{name: "stopped after ready", statuses: []labproto.Status{ready}, wantErr: "L1 stopped before the command finished"},
 		{name: "boot timeout", failure: errors.New("L1 did not report ready within 1s"), wantErr: "L1 did not report ready within 1s; end of the console"},
