@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"testing"
 
@@ -33,9 +34,13 @@ const (
 	kvmAPIVersion = 12
 )
 
-// Check returns nil if /dev/kvm can be opened read-write and speaks KVM API
-// version 12, or an error that says what is wrong.
+// Check returns nil if /dev/kvm can be opened read-write, speaks KVM API
+// version 12 and is not served by PVM alone, or an error that says what is
+// wrong.
 func Check() error {
+	if err := checkBackend("/sys/module"); err != nil {
+		return err
+	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/kvm: %w", err)
@@ -47,6 +52,20 @@ func Check() error {
 	}
 	if v != kvmAPIVersion {
 		return fmt.Errorf("/dev/kvm: KVM API version %d, want %d", v, kvmAPIVersion)
+	}
+	return nil
+}
+
+// checkBackend refuses a KVM that cannot run unmodified guests: some cloud
+// VMs serve /dev/kvm with the kvm_pvm module, which boots only kernels built
+// as PVM guests. modules is /sys/module.
+func checkBackend(modules string) error {
+	has := func(mod string) bool {
+		_, err := os.Stat(filepath.Join(modules, mod))
+		return err == nil
+	}
+	if has("kvm_pvm") && !has("kvm_amd") && !has("kvm_intel") {
+		return errors.New("/dev/kvm is served by kvm_pvm, which cannot run unmodified guest kernels")
 	}
 	return nil
 }
