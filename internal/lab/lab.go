@@ -112,7 +112,7 @@ type Command struct {
 	// Env is the command's environment (see the package doc for what the
 	// lab adds).
 	Env []string
-	// Dir is the working directory, a host path; default "/".
+	// Dir is the working directory, an absolute host path; default "/".
 	Dir string
 	// Stdout and Stderr receive the command's output as it comes; nil
 	// discards it. The command's stdin is /dev/null.
@@ -200,8 +200,7 @@ func (cfg Config) boot(ctx context.Context, qemu string, p qemuParams, stdout, s
 	exited := make(chan error, 1)
 	go func() { exited <- q.Wait() }()
 
-	var w watcher
-	w.cfg, w.start = cfg, start
+	w := watcher{cfg: cfg, start: start}
 	bootTimer := time.NewTimer(cfg.BootTimeout)
 	defer bootTimer.Stop()
 	var offTimer <-chan time.Time
