@@ -15,13 +15,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bunkerbuild/bunkerbuild/internal/lab"
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 )
 
 // EnvForceLab, set to "1", makes Main use the lab even where /dev/kvm works.
@@ -34,40 +32,31 @@ const (
 	kvmAPIVersion = 12
 )
 
-// Check returns nil if /dev/kvm can be opened read-write, speaks KVM API
-// version 12 and is not served by PVM alone, or an error that says what is
-// wrong.
-func Check() error {
-	if err := checkBackend("/sys/module"); err != nil {
-		return err
+// Check returns nil if /dev/kvm can run the project's guests, or an error
+// that says what is wrong (see kvm.Available).
+func Check() error { return kvm.Available() }
+
+// EnvLog names a file to which Require appends one line per KVM test:
+// where it ran ("direct" or "lab") and its name. .ci/run counts them.
+const EnvLog = "BUNKERBUILD_KVMTEST_LOG"
+
+func record(t testing.TB) {
+	p := os.Getenv(EnvLog)
+	if p == "" {
+		return
 	}
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
+	where := "direct"
+	if os.Getenv(lab.EnvInside) == "1" {
+		where = "lab"
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
-		return fmt.Errorf("open /dev/kvm: %w", err)
+		t.Fatalf("kvmtest: record this test in %s: %v", p, err)
 	}
 	defer f.Close()
-	v, err := unix.IoctlRetInt(int(f.Fd()), kvmGetAPIVersion)
-	if err != nil {
-		return fmt.Errorf("/dev/kvm: KVM_GET_API_VERSION: %w", err)
+	if _, err := fmt.Fprintf(f, "%s\t%s\n", where, t.Name()); err != nil {
+		t.Fatalf("kvmtest: record this test in %s: %v", p, err)
 	}
-	if v != kvmAPIVersion {
-		return fmt.Errorf("/dev/kvm: KVM API version %d, want %d", v, kvmAPIVersion)
-	}
-	return nil
-}
-
-// checkBackend refuses a KVM that cannot run unmodified guests: some cloud
-// VMs serve /dev/kvm with the kvm_pvm module, which boots only kernels built
-// as PVM guests. modules is /sys/module.
-func checkBackend(modules string) error {
-	has := func(mod string) bool {
-		_, err := os.Stat(filepath.Join(modules, mod))
-		return err == nil
-	}
-	if has("kvm_pvm") && !has("kvm_amd") && !has("kvm_intel") {
-		return errors.New("/dev/kvm is served by kvm_pvm, which cannot run unmodified guest kernels")
-	}
-	return nil
 }
 
 // Require fails t at once, saying why, if /dev/kvm is unusable.
@@ -76,6 +65,7 @@ func Require(t testing.TB) {
 	if err := Check(); err != nil {
 		t.Fatalf("kvmtest: this test needs KVM: %v (call kvmtest.Main from TestMain to run it inside the nested lab where /dev/kvm is missing)", err)
 	}
+	record(t)
 }
 
 // Main runs the tests of m and exits with their status:

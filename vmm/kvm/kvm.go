@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,7 +40,7 @@ func Open() (*System, error) {
 		}
 		return nil, fmt.Errorf("%w: open %s: %v; %s", ErrNoKVM, DevicePath, err, hint)
 	}
-	if err := checkBackend(); err != nil {
+	if err := checkBackend("/sys/module"); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%w: %v; %s", ErrNoKVM, err, labHint)
 	}
@@ -66,9 +67,10 @@ func Open() (*System, error) {
 // Some cloud VMs offer KVM through PVM (the kvm_pvm module), which runs
 // guests without hardware virtualization and boots only kernels built as
 // PVM guests; a stock kernel fails there in the decompressor.
-func checkBackend() error {
+// modules is the /sys/module directory.
+func checkBackend(modules string) error {
 	has := func(mod string) bool {
-		_, err := os.Stat("/sys/module/" + mod)
+		_, err := os.Stat(filepath.Join(modules, mod))
 		return err == nil
 	}
 	if has("kvm_pvm") && !has("kvm_amd") && !has("kvm_intel") {

@@ -1,4 +1,4 @@
-package kvmtest
+package kvm
 
 import (
 	"os"
