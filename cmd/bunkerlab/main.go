@@ -22,6 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/lab"
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 )
 
 // exitLabFailed is run's exit status when the lab, not the command, failed.
@@ -85,7 +86,18 @@ func prepareCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prepare",
 		Usage: "install QEMU if missing (Debian 12, as root), fetch L1's kernel, build its initramfs, and boot L1 once",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "if-needed", Usage: "do nothing where /dev/kvm can run the project's guests"},
+		},
 		Action: func(c *cli.Context) error {
+			if c.Bool("if-needed") {
+				err := kvm.Available()
+				if err == nil {
+					fmt.Fprintln(os.Stderr, "bunkerlab: /dev/kvm works here; the lab is not needed")
+					return nil
+				}
+				fmt.Fprintf(os.Stderr, "bunkerlab: the lab is needed: %v\n", err)
+			}
 			cfg := config(c)
 			if err := lab.Prepare(c.Context, cfg); err != nil {
 				return err
