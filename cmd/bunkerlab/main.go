@@ -121,10 +121,15 @@ func runCommand() *cli.Command {
 		Name:      "run",
 		Usage:     "run a command inside L1, with the host's files, environment and working directory; exit with its status",
 		ArgsUsage: "-- CMD ARGS...",
-		Flags:     vmFlags,
+		Flags: append([]cli.Flag{
+			&cli.BoolFlag{Name: "if-needed", Usage: "run the command directly on this machine where /dev/kvm can run the project's guests"},
+		}, vmFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return errors.New("run: no command given (bunkerlab run -- CMD ARGS...)")
+			}
+			if c.Bool("if-needed") && kvm.Available() == nil {
+				return runDirect(c.Context, c.Args().Slice())
 			}
 			dir, err := os.Getwd()
 			if err != nil {
@@ -141,6 +146,20 @@ func runCommand() *cli.Command {
 			return cli.Exit("", code)
 		},
 	}
+}
+
+// runDirect runs argv on this machine and exits with its status.
+func runDirect(ctx context.Context, argv []string) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		return cli.Exit("", ee.ExitCode())
+	}
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	return nil
 }
 
 func testCommand() *cli.Command {
