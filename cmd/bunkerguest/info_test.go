@@ -72,21 +72,23 @@ func TestRunUsage(t *testing.T) {
 	}
 }
 
-func TestPrintInfo(t *testing.T) {
-	var out strings.Builder
-	if err := printInfo(&out); err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for line := range strings.Lines(out.String()) {
-		k, v, ok := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
-		if !ok || v == "" {
-			t.Errorf("line %q is not key=value", line)
+func TestInfoOutput(t *testing.T) {
+	for _, cmd := range []string{"info", "uinit"} {
+		var out strings.Builder
+		if err := run([]string{cmd}, &out); err != nil {
+			t.Fatalf("bunkerguest %s: %v", cmd, err)
 		}
-		keys = append(keys, k)
-	}
-	want := "cpus cpus_online mem_total_kib unix_time kernel_release"
-	if got := strings.Join(keys, " "); got != want {
-		t.Errorf("keys = %q; want %q", got, want)
+		var keys []string
+		for line := range strings.Lines(out.String()) {
+			k, v, ok := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
+			if !ok || v == "" {
+				t.Errorf("bunkerguest %s: line %q is not key=value", cmd, line)
+			}
+			keys = append(keys, k)
+		}
+		want := "cpus cpus_online mem_total_kib unix_time kernel_release"
+		if got := strings.Join(keys, " "); got != want {
+			t.Errorf("bunkerguest %s: keys = %q; want %q", cmd, got, want)
+		}
 	}
 }

@@ -1,11 +1,12 @@
 // Command bunkerguest is bunkerbuild's tool inside the guest. It is built
 // static (CGO_ENABLED=0) and installed in the default guest initramfs at
-// /bin/bunkerguest, where u-root's init runs "bunkerguest info" as its uinit
-// before starting the shell.
+// /bin/bunkerguest, where u-root's init runs "bunkerguest uinit" before it
+// starts the shell.
 //
 // Usage:
 //
 //	bunkerguest info      print facts about the guest as key=value lines
+//	bunkerguest uinit     give up the controlling terminal, then print info
 //	bunkerguest poweroff  sync and power the machine off
 //	bunkerguest reboot    sync and restart the machine
 package main
@@ -16,11 +17,12 @@ import (
 	"io"
 	"log"
 	"os"
+	"os/signal"
 
 	"golang.org/x/sys/unix"
 )
 
-const usage = "usage: bunkerguest info|poweroff|reboot"
+const usage = "usage: bunkerguest info|uinit|poweroff|reboot"
 
 var errUsage = errors.New(usage)
 
@@ -43,6 +45,8 @@ func run(args []string, stdout io.Writer) error {
 	switch args[0] {
 	case "info":
 		return printInfo(stdout)
+	case "uinit":
+		return uinit(stdout)
 	case "poweroff":
 		return shutdown(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	case "reboot":
@@ -50,6 +54,21 @@ func run(args []string, stdout io.Writer) error {
 	default:
 		return errUsage
 	}
+}
+
+// uinit prints the guest's facts when u-root's init runs it before the
+// shell. init starts it as a session leader with the console as its
+// controlling terminal; were it to exit as such, the kernel would hang the
+// console up, and with it the writers init has already opened for the
+// shell's output. So it first gives the terminal up, ignoring the SIGHUP that
+// this sends to its own process group.
+func uinit(stdout io.Writer) error {
+	signal.Ignore(unix.SIGHUP)
+	err := unix.IoctlSetInt(int(os.Stdin.Fd()), unix.TIOCNOTTY, 0)
+	if err != nil && !errors.Is(err, unix.ENOTTY) {
+		return fmt.Errorf("release controlling terminal: %w", err)
+	}
+	return printInfo(stdout)
 }
 
 // shutdown flushes the file systems and then powers off or restarts the

@@ -43,7 +43,10 @@ type buildOptions struct {
 	Init  string // what /init links to
 	Shell string // what /bin/sh and /bin/defaultsh link to
 	// Uinit is the command line u-root's init runs (as /bin/uinit)
-	// before it starts the shell.
+	// before it starts the shell. A uinit that exits while it holds the
+	// console as controlling terminal makes the kernel hang the console
+	// up, and the shell's output with it: "bunkerguest uinit" lets go of
+	// it first.
 	Uinit string
 	// Guest is where bunkerguest goes in the image.
 	Guest string
@@ -58,7 +61,7 @@ var defaultOptions = buildOptions{
 	Tags:            []string{"goshsmall"},
 	Init:            "init",
 	Shell:           "gosh",
-	Uinit:           "/bin/bunkerguest info",
+	Uinit:           "/bin/bunkerguest uinit",
 	Guest:           "bin/bunkerguest",
 	GuestBuildFlags: []string{"-trimpath", "-ldflags=-s -w"},
 }
@@ -111,7 +114,9 @@ func (in initramfsInputs) key() string {
 // no image with the same inputs is cached. It is a newc cpio archive made by
 // u-root with its core commands in a busybox, u-root's init as /init, the
 // gosh shell, and bunkerguest at /bin/bunkerguest. u-root's init runs
-// "bunkerguest info" as its uinit, then starts the shell on the console.
+// "bunkerguest uinit" (which prints the facts of "bunkerguest info"), then
+// starts the gosh shell on the console: with console=ttyS0, a "$ " prompt on
+// the serial line that runs the lines typed there.
 //
 // The cache key hashes the u-root version, bunkerguest's source files and
 // dependency versions, the Go version and the build options. It must run

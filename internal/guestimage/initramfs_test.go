@@ -197,8 +197,8 @@ func TestInitramfs(t *testing.T) {
 	}
 	if r, ok := records["etc/uinit.flags"]; !ok {
 		t.Error("no etc/uinit.flags")
-	} else if got := readAll(t, r); !strings.Contains(got, "info") {
-		t.Errorf("etc/uinit.flags = %q; want it to pass \"info\"", got)
+	} else if got := readAll(t, r); !strings.Contains(got, "uinit") {
+		t.Errorf("etc/uinit.flags = %q; want it to pass \"uinit\"", got)
 	}
 
 	guest, ok := records["bin/bunkerguest"]
