@@ -214,8 +214,8 @@ type module struct {
 // downloadModule fetches a module through the Go module proxy (or finds it
 // in the module cache) and returns where it is.
 func downloadModule(ctx context.Context, path, version string, progress io.Writer) (module, error) {
-	// Outside any module, so that no go.mod is consulted or changed.
-	out, err := output(ctx, os.TempDir(), []string{"GOWORK=off", "GOFLAGS=-mod=mod"}, progress,
+	// Run from the temporary directory, normally outside any module.
+	out, err := output(ctx, os.TempDir(), []string{"GOWORK=off", "GOFLAGS="}, progress,
 		"go", "mod", "download", "-json", path+"@"+version)
 	var m module
 	if jerr := json.Unmarshal(out, &m); jerr != nil && err == nil {

@@ -181,7 +181,7 @@ func unpackPackage(ctx context.Context, dir, spec string, progress io.Writer) er
 	}
 	defer os.RemoveAll(dl)
 	if err := command(ctx, dl, nil, progress, "apt-get", "download", spec); err != nil {
-		return fmt.Errorf("%w %s: %w", errDownload, spec, err)
+		return fmt.Errorf("%w: %w", errDownload, err)
 	}
 	debs, err := filepath.Glob(filepath.Join(dl, "*.deb"))
 	if err != nil {

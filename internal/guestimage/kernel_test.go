@@ -1,6 +1,8 @@
 package guestimage
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,5 +169,17 @@ func TestLoadKernelTreeTwoImages(t *testing.T) {
 	writeFakeKernel(t, root, "6.12.0-1-amd64", bzHeader(), "lib/modules")
 	if _, err := loadKernelTree(root); err == nil {
 		t.Error("loadKernelTree() with two vmlinuz images succeeded")
+	}
+}
+
+func TestUnpackPackageError(t *testing.T) {
+	const spec = "bunkerbuild-no-such-package=1.0"
+	err := unpackPackage(context.Background(), t.TempDir(), spec, nil)
+	if !errors.Is(err, errDownload) {
+		t.Fatalf("unpackPackage(%s) = %v; want a download error", spec, err)
+	}
+	want := "download kernel package: apt-get download " + spec + ": exit status 100: "
+	if !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("unpackPackage(%s) = %q; want it to start with %q", spec, err, want)
 	}
 }
