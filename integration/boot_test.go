@@ -17,7 +17,7 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
-const guestCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
+const guestCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux quiet"
 
 // bootDefault boots the default guest on the full profile and waits for
 // its shell.
@@ -121,7 +121,7 @@ func TestRebootEndsVMM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s := bootDefault(t, ctx, 1, 256<<20)
-	if err := s.Console.Send("reboot\n"); err != nil {
+	if err := s.Console.Send("bunkerguest reboot\n"); err != nil {
 		t.Fatal(err)
 	}
 	exit, err := s.Wait(ctx)

@@ -61,7 +61,8 @@ func (s *Session) Wait(ctx context.Context) (machine.Exit, error) {
 	return s.exit, s.err
 }
 
-// Close stops the machine if it is still running and releases it.
+// Close stops the machine if it is still running and releases it. It
+// may follow Wait.
 func (s *Session) Close() {
 	s.Machine.Stop()
 	<-s.done

@@ -109,6 +109,9 @@ type Machine struct {
 
 	exitOnce sync.Once
 	exit     Exit // set by the first guest event
+
+	mu     sync.Mutex // guards closed against Stop racing Close
+	closed bool
 }
 
 // New creates the VM, its devices and vCPUs, and loads the kernel.
@@ -198,6 +201,11 @@ func (m *Machine) Buses() (pio, mmio *bus.Bus) { return m.pio, m.mmio }
 // every vCPU. Devices call it from vCPU threads.
 func (m *Machine) guestExit(e Exit) {
 	m.exitOnce.Do(func() { m.exit = e })
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	for _, c := range m.cpus {
 		c.Stop()
 	}
@@ -252,6 +260,9 @@ func (m *Machine) Stop() { m.guestExit(ExitStopped) }
 // Close releases the VM, its devices and guest memory. Run must have
 // returned.
 func (m *Machine) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
 	var errs []error
 	for i := len(m.close) - 1; i >= 0; i-- {
 		errs = append(errs, m.close[i]())
