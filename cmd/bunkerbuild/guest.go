@@ -111,6 +111,9 @@ func demo(c *cli.Context) error {
 		return err
 	}
 	step("guest ended: %v, %v after boot", how, time.Since(start).Round(time.Millisecond))
+	if c.Bool("report") {
+		writeAccounting(os.Stderr, s.Machine.Buses(), start)
+	}
 	if status != 0 {
 		return cli.Exit(fmt.Sprintf("guest command exited %d", status), exitError)
 	}

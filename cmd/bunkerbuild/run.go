@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -29,6 +30,8 @@ func vmFlags() []cli.Flag {
 		&cli.StringFlag{Name: "profile", Value: "full", Usage: "device profile: full (boot-time) or minimal (production)"},
 		&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny (count, read ones) or kill (stop the VM)"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses and VMM events to stderr"},
+		&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, to stderr at exit"},
+		&cli.BoolFlag{Name: "record-msrs", Usage: "send every MSR access through the VMM and count it (slow; to learn which MSRs a guest uses)"},
 	}
 }
 
@@ -50,7 +53,7 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return runInteractive(c.Context, cfg)
+			return runInteractive(c.Context, cfg, c.Bool("report"))
 		},
 	}
 }
@@ -70,7 +73,8 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	if err != nil {
 		return cfg, usageError("--policy: %v", err)
 	}
-	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline}
+	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline,
+		RecordMSRs: c.Bool("record-msrs")}
 	if cfg.Kernel, err = os.ReadFile(kernel); err != nil {
 		return cfg, usageError("kernel: %v", err)
 	}
@@ -89,7 +93,7 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 
 // runInteractive boots cfg with the console on this process's terminal and
 // maps how the guest ended to the exit status.
-func runInteractive(ctx context.Context, cfg machine.Config) error {
+func runInteractive(ctx context.Context, cfg machine.Config, report bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	quit := make(chan struct{}, 1)
@@ -113,10 +117,10 @@ func runInteractive(ctx context.Context, cfg machine.Config) error {
 		case <-ctx.Done():
 		}
 	}()
-	return boot(ctx, cfg, quit)
+	return boot(ctx, cfg, quit, report)
 }
 
-func boot(ctx context.Context, cfg machine.Config, quit <-chan struct{}) error {
+func boot(ctx context.Context, cfg machine.Config, quit <-chan struct{}, report bool) error {
 	m, err := machine.New(cfg)
 	if err != nil {
 		if errors.Is(err, machine.ErrInvalid) {
@@ -125,6 +129,10 @@ func boot(ctx context.Context, cfg machine.Config, quit <-chan struct{}) error {
 		return err
 	}
 	defer m.Close()
+	start := time.Now()
+	if report {
+		defer writeAccounting(os.Stderr, m.Buses(), start)
+	}
 	how, err := m.Run(ctx)
 	if err != nil {
 		return err

@@ -64,6 +64,9 @@ func (e *DeniedError) Error() string {
 	if e.Write {
 		dir = "write"
 	}
+	if e.Space == inventory.SpaceMSR {
+		return fmt.Sprintf("guest %s of MSR %#x: not in the profile's inventory", dir, e.Addr)
+	}
 	return fmt.Sprintf("guest %s of %d bytes at %s %#x: not in the profile's inventory", dir, e.Size, e.Space, e.Addr)
 }
 
@@ -119,13 +122,17 @@ func New(space inventory.Space, policy Policy, logger *log.Logger) *Bus {
 		limiter: rateLimiter{interval: time.Second, burst: 10}}
 }
 
-// Register attaches dev to the inventory entry e.
+// Space returns the address space the bus serves.
+func (b *Bus) Space() inventory.Space { return b.space }
+
+// Register attaches dev to the inventory entry e. Entries that KVM serves
+// (InKernel) are registered with a nil dev, for Account.
 func (b *Bus) Register(e inventory.Entry, dev Device) error {
 	if e.Space != b.space {
 		return fmt.Errorf("register %s: entry is in space %s, bus is %s", e.ID, e.Space, b.space)
 	}
-	if e.InKernel {
-		return fmt.Errorf("register %s: entry is served by KVM, not by a userspace device", e.ID)
+	if e.InKernel != (dev == nil) {
+		return fmt.Errorf("register %s: an entry KVM serves is registered without a device, any other with one", e.ID)
 	}
 	if e.Size == 0 {
 		return fmt.Errorf("register %s: empty range", e.ID)
@@ -151,9 +158,20 @@ func (b *Bus) find(addr uint64) *mapping {
 	return nil
 }
 
+// Account records a guest access at addr whose data path is elsewhere
+// (an MSR that KVM serves, for instance). It reports whether a registered
+// entry owns addr; an unowned access goes through the bus's policy.
+func (b *Bus) Account(addr uint64, write bool) (bool, error) {
+	if m := b.find(addr); m != nil {
+		m.counter.record(write, time.Now())
+		return true, nil
+	}
+	return false, b.deny(addr, 1, write)
+}
+
 // Read serves a guest read of len(data) bytes at addr.
 func (b *Bus) Read(addr uint64, data []byte) error {
-	if m := b.find(addr); m != nil && addr-m.entry.Base+uint64(len(data)) <= m.entry.Size {
+	if m := b.find(addr); m != nil && m.dev != nil && addr-m.entry.Base+uint64(len(data)) <= m.entry.Size {
 		m.counter.record(false, time.Now())
 		m.dev.Read(addr-m.entry.Base, data)
 		return nil
@@ -166,7 +184,7 @@ func (b *Bus) Read(addr uint64, data []byte) error {
 
 // Write serves a guest write of data at addr.
 func (b *Bus) Write(addr uint64, data []byte) error {
-	if m := b.find(addr); m != nil && addr-m.entry.Base+uint64(len(data)) <= m.entry.Size {
+	if m := b.find(addr); m != nil && m.dev != nil && addr-m.entry.Base+uint64(len(data)) <= m.entry.Size {
 		m.counter.record(true, time.Now())
 		m.dev.Write(addr-m.entry.Base, data)
 		return nil

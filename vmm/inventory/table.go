@@ -17,6 +17,12 @@ const (
 	IOAPICMem ID = "ioapic-mmio"
 	LAPICMem  ID = "lapic-mmio"
 
+	KVMClockMSRs ID = "kvmclock-msrs"
+
+	PVClockSource2 ID = "pv-clocksource2"
+	PVClockStable  ID = "pv-clocksource-stable"
+	PVNopIODelay   ID = "pv-nop-io-delay"
+
 	KernelLAPIC  ID = "kvm-lapic"
 	KernelIOAPIC ID = "kvm-ioapic"
 	KernelPIC    ID = "kvm-pic"
@@ -59,6 +65,45 @@ var table = []Entry{
 		Why: "IOAPIC registers: routing of device interrupts"},
 	{ID: LAPICMem, Space: SpaceMMIO, Base: 0xfee00000, Size: 0x1000, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
 		Why: "local APIC registers (xAPIC mode): timer, IPIs, EOI"},
+
+	// MSRs. KVM serves them; its MSR filter denies every MSR not listed
+	// for the machine's profile. The list is what the stock Debian 6.12
+	// kernel used while booting and running on our guest CPU (found with
+	// `bunkerbuild run --record-msrs --report`), plus the mitigation and
+	// timer MSRs a host CPU may add. The guest CPU hides machine checks,
+	// MTRRs, the PMU and nested virtualization, so their MSRs are absent.
+	{ID: "msr-apic-base", Space: SpaceMSR, Base: 0x1b, Size: 1, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_APIC_BASE: local APIC enable and x2APIC mode"},
+	{ID: "msr-tsc-adjust", Space: SpaceMSR, Base: 0x3b, Size: 1, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_TSC_ADJUST: read by the TSC synchronisation checks, also after boot"},
+	{ID: "msr-spec-ctrl", Space: SpaceMSR, Base: 0x48, Size: 2, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_SPEC_CTRL and IA32_PRED_CMD: Spectre mitigations, where the host CPU offers IBRS/IBPB/SSBD"},
+	{ID: "msr-ucode-rev", Space: SpaceMSR, Base: 0x8b, Size: 1, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_UCODE_REV: read at boot by the microcode and mitigation code"},
+	{ID: "msr-arch-capabilities", Space: SpaceMSR, Base: 0x10a, Size: 1, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_ARCH_CAPABILITIES: which CPU vulnerabilities need mitigating"},
+	{ID: "msr-sysenter", Space: SpaceMSR, Base: 0x174, Size: 3, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_SYSENTER_CS/ESP/EIP: 32-bit system call entry, set at boot"},
+	{ID: "msr-pat", Space: SpaceMSR, Base: 0x277, Size: 1, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_PAT: memory types of page mappings"},
+	{ID: "msr-tsc-deadline", Space: SpaceMSR, Base: 0x6e0, Size: 1, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "IA32_TSC_DEADLINE: the local APIC timer, where CPUID offers TSC-deadline mode"},
+	{ID: KVMClockMSRs, Space: SpaceMSR, Base: 0x4b564d00, Size: 2, Class: Required, Owner: "kvmclock", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "MSR_KVM_WALL_CLOCK_NEW and MSR_KVM_SYSTEM_TIME_NEW: the guest's clocksource and wall clock"},
+	{ID: "msr-syscall", Space: SpaceMSR, Base: 0xc0000080, Size: 5, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "EFER, STAR, LSTAR, CSTAR, SFMASK: long mode and the system call entry"},
+	{ID: "msr-segment-bases", Space: SpaceMSR, Base: 0xc0000100, Size: 4, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX: per-CPU data, thread pointers, RDTSCP/RDPID"},
+	{ID: "msr-amd-de-cfg", Space: SpaceMSR, Base: 0xc0011029, Size: 1, Class: Required, Owner: "kvm-msrs", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "AMD DE_CFG: makes LFENCE serializing, a Spectre v1 mitigation on AMD CPUs"},
+
+	// Paravirtual features, as KVM_CPUID_FEATURES bits (Base is the bit).
+	{ID: PVNopIODelay, Space: SpacePV, Base: 1, Size: 1, Class: Required, Owner: "cpuid", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "KVM_FEATURE_NOP_IO_DELAY: no port 0x80 delays; a hint with no entry point of its own"},
+	{ID: PVClockSource2, Space: SpacePV, Base: 3, Size: 1, Class: Required, Owner: "kvmclock", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "KVM_FEATURE_CLOCKSOURCE2: kvmclock through the MSRs above"},
+	{ID: PVClockStable, Space: SpacePV, Base: 24, Size: 1, Class: Required, Owner: "kvmclock", Profiles: both, IRQ: -1, InKernel: true,
+		Why: "KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: kvmclock is monotonic across vCPUs"},
 
 	// Devices KVM emulates in the kernel.
 	{ID: KernelPIC, Space: SpaceKernel, Size: 1, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,

@@ -49,6 +49,7 @@ var (
 	reqSetPIT2             = iow(0xa0, 112)
 	reqEnableCap           = iow(0xa3, 104)
 	reqSetMSRFilter        = iow(0xc6, 392)
+	reqSignalMSI           = iow(0xa5, 32)
 )
 
 // vCPU ioctls.

@@ -485,6 +485,13 @@ func (c *VCPU) SetTSCKHz(khz uint32) error {
 	return nil
 }
 
+// EnableCap enables a vCPU capability with its arguments.
+func (c *VCPU) EnableCap(cp Cap, args ...uint64) error {
+	e := enableCap{Cap: uint32(cp)}
+	copy(e.Args[:], args)
+	return vcpuIoctl(c, fmt.Sprintf("KVM_ENABLE_CAP %d", cp), reqEnableCap, &e)
+}
+
 // KVMClockCtrl tells the guest's kvmclock that the vCPU was paused.
 func (c *VCPU) KVMClockCtrl() error {
 	if _, err := ioctlPtr(c.fd, reqKVMClockCtrl, 0); err != nil {

@@ -31,12 +31,21 @@ func ioctlPtr(fd int, req uintptr, arg uintptr) (uintptr, error) {
 // Sound: T is one of the mirrors in types.go, laid out like its C struct,
 // and the size check below refuses a request whose encoded size differs
 // from T's, so KVM never reads or writes past *arg.
+//
+// Pointers inside *arg (the bitmaps of kvm_msr_filter) are typed Go
+// pointers, so the collector keeps their referents alive while *arg is;
+// KVM copies what they point to during the call.
 func ioctlStruct[T any](fd int, req uintptr, arg *T) error {
+	_, err := ioctlStructRet(fd, req, arg)
+	return err
+}
+
+// ioctlStructRet is ioctlStruct for requests whose return value matters.
+func ioctlStructRet[T any](fd int, req uintptr, arg *T) (uintptr, error) {
 	if n := unsafe.Sizeof(*arg); n != sizeField(req) {
 		panic(fmt.Sprintf("kvm: ioctl %#x with a %d-byte argument", req, n))
 	}
-	_, err := ioctlPtr(fd, req, uintptr(unsafe.Pointer(arg)))
-	return err
+	return ioctlPtr(fd, req, uintptr(unsafe.Pointer(arg)))
 }
 
 // ioctlVar passes a pointer to a struct that ends in a variable-length

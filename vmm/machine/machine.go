@@ -44,6 +44,10 @@ type Config struct {
 
 	// Log receives the VMM's own messages (denied accesses, ...).
 	Log *log.Logger
+
+	// RecordMSRs sends every guest MSR access through userspace and
+	// counts it, to learn which MSRs a guest uses. Slow; for discovery.
+	RecordMSRs bool
 }
 
 func (c *Config) check() error {
@@ -104,6 +108,7 @@ type Machine struct {
 	mem   *memory.Guest
 	pio   *bus.Bus
 	mmio  *bus.Bus
+	msr   *bus.Bus
 	cpus  []*vcpu.VCPU
 	close []func() error // device and resource cleanups, run in reverse
 
@@ -166,6 +171,10 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 	m.pio = bus.New(inventory.SpacePIO, cfg.Policy, cfg.Log)
 	m.mmio = bus.New(inventory.SpaceMMIO, cfg.Policy, cfg.Log)
+	m.msr = bus.New(inventory.SpaceMSR, cfg.Policy, cfg.Log)
+	if err = m.setupMSRs(); err != nil {
+		return nil, err
+	}
 	if err = m.attachDevices(); err != nil {
 		return nil, err
 	}
@@ -194,8 +203,8 @@ func (m *Machine) offers(id inventory.ID) bool {
 // Memory returns guest RAM.
 func (m *Machine) Memory() *memory.Guest { return m.mem }
 
-// Buses returns the port and MMIO buses, for access accounting.
-func (m *Machine) Buses() (pio, mmio *bus.Bus) { return m.pio, m.mmio }
+// Buses returns the port, MMIO and MSR buses, for access accounting.
+func (m *Machine) Buses() []*bus.Bus { return []*bus.Bus{m.pio, m.mmio, m.msr} }
 
 // guestExit records the first guest-initiated end of the run and stops
 // every vCPU. Devices call it from vCPU threads.

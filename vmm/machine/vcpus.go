@@ -32,7 +32,11 @@ func (m *Machine) createVCPUs(entry bootEntry) error {
 			return err
 		}
 		m.close = append(m.close, c.Close)
-		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs)); err != nil {
+		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs, pvFeatures(m.cfg.Profile))); err != nil {
+			return err
+		}
+		// Without this, a guest can use KVM features CPUID does not offer.
+		if err := c.EnableCap(kvm.CapEnforcePVFeatureCPUID, 1); err != nil {
 			return err
 		}
 		if err := setLINTs(c); err != nil {
@@ -43,7 +47,11 @@ func (m *Machine) createVCPUs(entry bootEntry) error {
 				return err
 			}
 		}
-		m.cpus = append(m.cpus, vcpu.New(c, m.pio, m.mmio))
+		v := vcpu.New(c, m.pio, m.mmio, m.msr)
+		if m.cfg.RecordMSRs {
+			v.RecordMSRs()
+		}
+		m.cpus = append(m.cpus, v)
 	}
 	return nil
 }

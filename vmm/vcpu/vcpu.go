@@ -49,8 +49,9 @@ const (
 
 // VCPU drives one kvm.VCPU.
 type VCPU struct {
-	cpu       *kvm.VCPU
-	pio, mmio *bus.Bus
+	cpu            *kvm.VCPU
+	pio, mmio, msr *bus.Bus
+	recordMSRs     bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -59,12 +60,18 @@ type VCPU struct {
 	tid    int // OS thread running the vCPU, 0 when not inside Run
 }
 
-// New returns a runner for cpu that dispatches exits to pio and mmio.
-func New(cpu *kvm.VCPU, pio, mmio *bus.Bus) *VCPU {
-	v := &VCPU{cpu: cpu, pio: pio, mmio: mmio}
+// New returns a runner for cpu that dispatches exits to pio and mmio, and
+// accounts MSR exits on msr (see handleMSR).
+func New(cpu *kvm.VCPU, pio, mmio, msr *bus.Bus) *VCPU {
+	v := &VCPU{cpu: cpu, pio: pio, mmio: mmio, msr: msr}
 	v.cond = sync.NewCond(&v.mu)
 	return v
 }
+
+// RecordMSRs makes the vCPU forward every MSR access that reaches it to
+// KVM, listed or not, so that a boot shows which MSRs a guest uses. The
+// unlisted ones are still counted as denied. Call it before Run.
+func (v *VCPU) RecordMSRs() { v.recordMSRs = true }
 
 // KVM returns the underlying vCPU, for state access while paused.
 func (v *VCPU) KVM() *kvm.VCPU { return v.cpu }
@@ -159,6 +166,10 @@ func (v *VCPU) exit() (Event, bool, error) {
 		if err != nil {
 			return Stopped, true, v.withRIP(err)
 		}
+	case kvm.ExitX86RDMSR, kvm.ExitX86WRMSR:
+		if err := v.handleMSR(r == kvm.ExitX86WRMSR); err != nil {
+			return Stopped, true, v.withRIP(err)
+		}
 	case kvm.ExitHLT:
 		// Only without an in-kernel LAPIC; treat as power-off like a halted PC.
 		return Shutdown, true, nil
@@ -235,4 +246,34 @@ func (v *VCPU) Stop() {
 	v.want = wantStop
 	v.kick()
 	v.cond.Broadcast()
+}
+
+// handleMSR answers an MSR access KVM passed to userspace: one its filter
+// denied, or one it does not know. An MSR the profile's inventory lists is
+// forwarded to KVM's own emulation (host-initiated, so the filter does not
+// apply); this happens when the filter sends every access to userspace to
+// record which MSRs a guest uses. Any other MSR raises #GP in the guest,
+// after the bus has counted it and applied its policy.
+func (v *VCPU) handleMSR(write bool) error {
+	x := v.cpu.MSR()
+	owned, err := v.msr.Account(uint64(x.Index), write)
+	if err != nil {
+		return err
+	}
+	if !owned && !v.recordMSRs {
+		v.cpu.CompleteMSR(0, true)
+		return nil
+	}
+	if write {
+		err := v.cpu.SetMSRs([]kvm.MSREntry{{Index: x.Index, Data: x.Data}})
+		v.cpu.CompleteMSR(0, err != nil)
+		return nil
+	}
+	got, err := v.cpu.MSRs([]uint32{x.Index})
+	if err != nil {
+		v.cpu.CompleteMSR(0, true)
+		return nil
+	}
+	v.cpu.CompleteMSR(got[0].Data, false)
+	return nil
 }
