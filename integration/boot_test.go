@@ -28,7 +28,7 @@ func bootDefault(t *testing.T, ctx context.Context, cpus int, mem uint64) *sessi
 	var logBuf bytes.Buffer
 	cfg := machine.Config{
 		Profile: inventory.Full, Policy: bus.Deny, Memory: mem, CPUs: cpus,
-		Kernel: kernel, Initrd: initrd, Cmdline: guestCmdline,
+		Kernel: bytes.NewReader(kernel), Initrd: bytes.NewReader(initrd), Cmdline: guestCmdline,
 		Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds),
 	}
 	s, err := session.Start(ctx, cfg, nil)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"os"
@@ -75,11 +76,13 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	}
 	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline,
 		RecordMSRs: c.Bool("record-msrs")}
-	if cfg.Kernel, err = os.ReadFile(kernel); err != nil {
+	// The files are read straight into guest memory when the machine is
+	// created; the process exits soon after, which closes them.
+	if cfg.Kernel, err = openImage(kernel); err != nil {
 		return cfg, usageError("kernel: %v", err)
 	}
 	if initrd != "" {
-		if cfg.Initrd, err = os.ReadFile(initrd); err != nil {
+		if cfg.Initrd, err = openImage(initrd); err != nil {
 			return cfg, usageError("initrd: %v", err)
 		}
 	}
@@ -89,6 +92,24 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	}
 	cfg.Log = log.New(logOut, "bunkerbuild: ", log.Ltime|log.Lmicroseconds)
 	return cfg, nil
+}
+
+// openImage opens a guest file for machine.Config.
+func openImage(path string) (machine.Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return io.NewSectionReader(f, 0, st.Size()), nil
 }
 
 // runInteractive boots cfg with the console on this process's terminal and

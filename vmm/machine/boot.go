@@ -1,7 +1,6 @@
 package machine
 
 import (
-	"bytes"
 	"fmt"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/boot/acpi"
@@ -21,14 +20,14 @@ func (m *Machine) loadGuest() (bootEntry, error) {
 		return bootEntry{}, fmt.Errorf("build ACPI tables: %w", err)
 	}
 	p := linux.Params{
-		Kernel:  bytes.NewReader(m.cfg.Kernel),
+		Kernel:  m.cfg.Kernel,
 		Cmdline: m.cfg.Cmdline,
 		E820:    memory.E820(m.cfg.Memory),
 		RSDP:    rsdp,
 	}
-	if len(m.cfg.Initrd) > 0 {
-		p.Initrd = bytes.NewReader(m.cfg.Initrd)
-		p.InitrdSize = int64(len(m.cfg.Initrd))
+	if m.cfg.Initrd != nil && m.cfg.Initrd.Size() > 0 {
+		p.Initrd = m.cfg.Initrd
+		p.InitrdSize = m.cfg.Initrd.Size()
 	}
 	l, err := linux.Load(m.mem, p)
 	if err != nil {

@@ -4,7 +4,6 @@
 package machine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +22,13 @@ import (
 // MaxCPUs bounds the vCPU count: APIC IDs and the MADT use 8-bit IDs.
 const MaxCPUs = 64
 
+// Image is a file the guest boots from, read straight into guest memory:
+// an *os.File wrapped in an io.SectionReader, or a *bytes.Reader.
+type Image interface {
+	io.ReaderAt
+	Size() int64
+}
+
 // ErrInvalid marks errors caused by bad input: the configuration, the
 // kernel or the initrd.
 var ErrInvalid = errors.New("invalid machine configuration")
@@ -34,8 +40,8 @@ type Config struct {
 	Memory  uint64     // bytes of guest RAM
 	CPUs    int
 
-	Kernel  []byte // bzImage
-	Initrd  []byte // optional
+	Kernel  Image // bzImage
+	Initrd  Image // optional
 	Cmdline string
 
 	// Console is the serial console's host side. A nil Input reads nothing.
@@ -67,12 +73,12 @@ func (c *Config) validate() error {
 	if c.Profile != inventory.Full && c.Profile != inventory.Minimal {
 		return fmt.Errorf("device profile %v: want exactly one of full or minimal", c.Profile)
 	}
-	if len(c.Kernel) == 0 {
+	if c.Kernel == nil || c.Kernel.Size() == 0 {
 		return errors.New("no kernel image")
 	}
 	// Refuse a file that is not a bzImage before touching KVM; Load checks
 	// the rest against the guest's memory.
-	if _, err := linux.ParseHeader(bytes.NewReader(c.Kernel)); err != nil {
+	if _, err := linux.ParseHeader(c.Kernel); err != nil {
 		return err
 	}
 	return nil
