@@ -31,6 +31,7 @@ func vmFlags() []cli.Flag {
 		&cli.StringFlag{Name: "profile", Value: "full", Usage: "device profile: full (boot-time) or minimal (production)"},
 		&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny (count, read ones) or kill (stop the VM)"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses and VMM events to stderr"},
+		&cli.BoolFlag{Name: "serial", Usage: "add the COM1 console to a profile without it (minimal), shown as an addition in reports"},
 		&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, to stderr at exit"},
 		&cli.BoolFlag{Name: "record-msrs", Usage: "send every MSR access through the VMM and count it (slow; to learn which MSRs a guest uses)"},
 	}
@@ -75,7 +76,7 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 		return cfg, usageError("--policy: %v", err)
 	}
 	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline,
-		RecordMSRs: c.Bool("record-msrs")}
+		RecordMSRs: c.Bool("record-msrs"), SerialConsole: c.Bool("serial")}
 	// The files are read straight into guest memory when the machine is
 	// created; the process exits soon after, which closes them.
 	if cfg.Kernel, err = openImage(kernel); err != nil {

@@ -10,8 +10,8 @@ func TestTableSortedAndDisjoint(t *testing.T) {
 		if a.Space > b.Space || a.Space == b.Space && a.Base > b.Base {
 			t.Errorf("table not sorted: %v before %v", a, b)
 		}
-		if a.Space == b.Space && a.Space != SpaceKernel && a.Space != SpacePV && a.End() > b.Base {
-			t.Errorf("%v overlaps %v", a, b)
+		if a.Space == b.Space && a.Space != SpaceKernel && a.Space != SpacePV && a.End() > b.Base && a.Profiles&b.Profiles != 0 {
+			t.Errorf("%v overlaps %v in profile %v", a, b, a.Profiles&b.Profiles)
 		}
 	}
 }
@@ -50,8 +50,19 @@ func TestEntriesWellFormed(t *testing.T) {
 // Minimal offers nothing Full lacks: a guest booted on Full keeps every
 // required entry after the handoff.
 func TestMinimalSubsetOfFull(t *testing.T) {
+	full := For(Full)
 	for _, e := range For(Minimal) {
-		if !e.In(Full) {
+		if e.In(Full) {
+			continue
+		}
+		// A different server for the same addresses (the IOAPIC) is fine.
+		covered := false
+		for _, f := range full {
+			if f.Space == e.Space && e.Space != SpaceKernel && e.Space != SpacePV && f.Base <= e.Base && e.End() <= f.End() {
+				covered = true
+			}
+		}
+		if !covered {
 			t.Errorf("%v is offered by minimal but not by full", e)
 		}
 	}

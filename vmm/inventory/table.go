@@ -2,20 +2,21 @@ package inventory
 
 // IDs of the entries that userspace devices and the machine look up.
 const (
-	PICMaster ID = "pic-master"
-	PICSlave  ID = "pic-slave"
-	ELCR      ID = "pic-elcr"
-	PITPorts  ID = "pit"
-	PortB     ID = "pit-port-b"
-	I8042Data ID = "i8042-data"
-	I8042Cmd  ID = "i8042-cmd"
-	CMOS      ID = "cmos"
-	POST      ID = "post"
-	COM1      ID = "com1"
-	ACPIEvt   ID = "acpi-pm1-evt"
-	ACPICnt   ID = "acpi-pm1-cnt"
-	IOAPICMem ID = "ioapic-mmio"
-	LAPICMem  ID = "lapic-mmio"
+	PICMaster  ID = "pic-master"
+	PICSlave   ID = "pic-slave"
+	ELCR       ID = "pic-elcr"
+	PITPorts   ID = "pit"
+	PortB      ID = "pit-port-b"
+	I8042Data  ID = "i8042-data"
+	I8042Cmd   ID = "i8042-cmd"
+	CMOS       ID = "cmos"
+	POST       ID = "post"
+	COM1       ID = "com1"
+	ACPIEvt    ID = "acpi-pm1-evt"
+	ACPICnt    ID = "acpi-pm1-cnt"
+	IOAPICMem  ID = "ioapic-mmio"
+	IOAPICUser ID = "ioapic-mmio-user"
+	LAPICMem   ID = "lapic-mmio"
 
 	KVMClockMSRs ID = "kvmclock-msrs"
 
@@ -61,8 +62,10 @@ var table = []Entry{
 		Why: "ACPI PM1a control block: guest power-off (S5)"},
 
 	// MMIO.
-	{ID: IOAPICMem, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "kvm-ioapic", Profiles: both, IRQ: -1, InKernel: true,
-		Why: "IOAPIC registers: routing of device interrupts"},
+	{ID: IOAPICMem, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "kvm-ioapic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "IOAPIC registers: routing of device interrupts (KVM's IOAPIC, next to its PIC)"},
+	{ID: IOAPICUser, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "ioapic", Profiles: Minimal, IRQ: -1,
+		Why: "IOAPIC registers: routing of device interrupts as MSIs (split irqchip: no PIC, no PIT)"},
 	{ID: LAPICMem, Space: SpaceMMIO, Base: 0xfee00000, Size: 0x1000, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
 		Why: "local APIC registers (xAPIC mode): timer, IPIs, EOI"},
 
@@ -110,8 +113,8 @@ var table = []Entry{
 		Why: "in-kernel 8259 pair (KVM_CREATE_IRQCHIP)"},
 	{ID: KernelPIT, Space: SpaceKernel, Size: 1, Class: Legacy, Owner: "kvm-pit", Profiles: Full, IRQ: -1, InKernel: true,
 		Why: "in-kernel 8254 (KVM_CREATE_PIT2)"},
-	{ID: KernelIOAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-ioapic", Profiles: both, IRQ: -1, InKernel: true,
-		Why: "in-kernel IOAPIC"},
+	{ID: KernelIOAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-ioapic", Profiles: Full, IRQ: -1, InKernel: true,
+		Why: "in-kernel IOAPIC (KVM_CREATE_IRQCHIP); the minimal profile has a userspace one"},
 	{ID: KernelLAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
 		Why: "in-kernel local APIC, one per vCPU"},
 }

@@ -50,6 +50,7 @@ var (
 	reqEnableCap           = iow(0xa3, 104)
 	reqSetMSRFilter        = iow(0xc6, 392)
 	reqSignalMSI           = iow(0xa5, 32)
+	reqSetGSIRouting       = iow(0x6a, 8)
 )
 
 // vCPU ioctls.
@@ -99,6 +100,7 @@ const (
 	CapTSCControl            Cap = 60
 	CapGetTSCKHz             Cap = 61
 	CapMaxVCPUs              Cap = 66
+	CapTSCDeadlineTimer      Cap = 72
 	CapKVMClockCtrl          Cap = 76
 	CapSplitIRQChip          Cap = 121
 	CapX2APICAPI             Cap = 129

@@ -140,3 +140,6 @@ func (c *VCPU) CompleteMSR(data uint64, fail bool) {
 	}
 	le.PutUint64(u[16:], data)
 }
+
+// EOIVector returns the vector of an ExitIOAPICEOI.
+func (c *VCPU) EOIVector() uint8 { return c.run[runUnion] }

@@ -20,6 +20,7 @@ type deviceSet map[inventory.ID]bus.Device
 // profile offers must have a device, and no device may serve anything else.
 func (m *Machine) attachDevices() error {
 	devs := deviceSet{}
+	m.interruptControllers(devs)
 	m.requiredDevices(devs)
 	if err := m.consoleDevices(devs); err != nil {
 		return err
@@ -27,7 +28,7 @@ func (m *Machine) attachDevices() error {
 	if err := m.legacyDevices(devs); err != nil {
 		return err
 	}
-	for _, e := range inventory.For(m.cfg.Profile) {
+	for _, e := range m.entries() {
 		if e.InKernel {
 			continue
 		}
@@ -50,11 +51,43 @@ func (m *Machine) attachDevices() error {
 	return nil
 }
 
-// irqLine returns the interrupt line of inventory entry id.
+// interruptControllers adds the userspace IOAPIC of a split irqchip.
+func (m *Machine) interruptControllers(devs deviceSet) {
+	if m.ioapic != nil {
+		devs[inventory.IOAPICUser] = m.ioapic
+	}
+}
+
+// entries returns the inventory entries the machine offers: its profile's,
+// plus the serial console where it was asked for as an addition.
+func (m *Machine) entries() []inventory.Entry {
+	es := inventory.For(m.cfg.Profile)
+	if com1 := inventory.MustGet(inventory.COM1); m.cfg.SerialConsole && !com1.In(m.cfg.Profile) {
+		es = append(es, com1)
+	}
+	return es
+}
+
+// offersEntry reports whether the machine offers entry id.
+func (m *Machine) offersEntry(id inventory.ID) bool {
+	for _, e := range m.entries() {
+		if e.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// irqLine returns the interrupt line of inventory entry id. ISA interrupt
+// n is GSI n and IOAPIC pin n (the MADT has no override but the SCI's,
+// which keeps its number).
 func (m *Machine) irqLine(id inventory.ID) irq.Line {
 	e := inventory.MustGet(id)
 	if e.IRQ < 0 {
 		panic(fmt.Sprintf("machine: inventory entry %s has no interrupt line", id))
+	}
+	if m.ioapic != nil {
+		return m.ioapic.Line(e.IRQ)
 	}
 	return irq.LineFunc(func(high bool) {
 		if err := m.vm.IRQLine(uint32(e.IRQ), high); err != nil {
@@ -75,7 +108,7 @@ func (m *Machine) requiredDevices(devs deviceSet) {
 
 // consoleDevices adds the serial console where the profile offers it.
 func (m *Machine) consoleDevices(devs deviceSet) error {
-	if !m.offers(inventory.COM1) {
+	if !m.offersEntry(inventory.COM1) {
 		return nil
 	}
 	out := m.cfg.ConsoleOut

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
@@ -50,6 +51,10 @@ type Config struct {
 
 	// Log receives the VMM's own messages (denied accesses, ...).
 	Log *log.Logger
+
+	// SerialConsole adds COM1 as the console to a profile without it (the
+	// minimal profile); the surface report shows it as an addition.
+	SerialConsole bool
 
 	// RecordMSRs sends every guest MSR access through userspace and
 	// counts it, to learn which MSRs a guest uses. Slow; for discovery.
@@ -108,15 +113,17 @@ func (e Exit) String() string {
 
 // Machine is a configured VM, ready to Run once.
 type Machine struct {
-	cfg   Config
-	sys   *kvm.System
-	vm    *kvm.VM
-	mem   *memory.Guest
-	pio   *bus.Bus
-	mmio  *bus.Bus
-	msr   *bus.Bus
-	cpus  []*vcpu.VCPU
-	close []func() error // device and resource cleanups, run in reverse
+	cfg  Config
+	sys  *kvm.System
+	vm   *kvm.VM
+	mem  *memory.Guest
+	pio  *bus.Bus
+	mmio *bus.Bus
+	msr  *bus.Bus
+
+	ioapic *ioapic.IOAPIC // the minimal profile's userspace IOAPIC
+	cpus   []*vcpu.VCPU
+	close  []func() error // device and resource cleanups, run in reverse
 
 	exitOnce sync.Once
 	exit     Exit // set by the first guest event
@@ -190,8 +197,21 @@ func New(cfg Config) (_ *Machine, err error) {
 	return m, nil
 }
 
-// createIRQChip sets up the in-kernel interrupt controllers of the profile.
+// createIRQChip sets up the interrupt controllers of the profile: KVM's
+// PIC pair, IOAPIC and PIT where the profile offers the PIC; otherwise a
+// split irqchip, with the local APICs in KVM and the IOAPIC in userspace.
 func (m *Machine) createIRQChip() error {
+	if !m.offers(inventory.KernelPIC) {
+		if m.sys.CheckExtension(kvm.CapSplitIRQChip) == 0 {
+			return fmt.Errorf("profile %v needs KVM_CAP_SPLIT_IRQCHIP, which this host's KVM lacks", m.cfg.Profile)
+		}
+		if err := m.vm.EnableCap(kvm.CapSplitIRQChip, ioapic.Pins); err != nil {
+			return err
+		}
+		msiBase := uint32(inventory.MustGet(inventory.LAPICMem).Base)
+		m.ioapic = ioapic.New(splitSink{m.vm}, msiBase, func(err error) { m.cfg.Log.Printf("ioapic: %v", err) })
+		return nil
+	}
 	if err := m.vm.CreateIRQChip(); err != nil {
 		return err
 	}
@@ -200,6 +220,23 @@ func (m *Machine) createIRQChip() error {
 	}
 	return nil
 }
+
+// splitSink delivers the userspace IOAPIC's interrupts through KVM: each
+// pin is a GSI routed to its MSI, so that KVM also reports the EOIs of
+// level-triggered ones.
+type splitSink struct{ vm *kvm.VM }
+
+func (s splitSink) SetRoutes(routes []ioapic.Route) error {
+	var rs []kvm.MSIRoute
+	for _, r := range routes {
+		if !r.Masked {
+			rs = append(rs, kvm.MSIRoute{GSI: uint32(r.Pin), MSI: kvm.MSI{AddressLo: r.AddressLo, Data: r.Data}})
+		}
+	}
+	return s.vm.SetGSIRouting(rs)
+}
+
+func (s splitSink) Fire(pin int) error { return s.vm.IRQLine(uint32(pin), true) }
 
 // offers reports whether the machine's profile includes entry id.
 func (m *Machine) offers(id inventory.ID) bool {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/vcpu"
 )
@@ -26,13 +27,17 @@ func (m *Machine) createVCPUs(entry bootEntry) error {
 	if err != nil {
 		return err
 	}
+	opts := cpuOptions{pv: pvFeatures(m.cfg.Profile), tscDeadline: m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) != 0}
+	if !opts.tscDeadline && !m.offers(inventory.KernelPIT) {
+		return fmt.Errorf("profile %v has no PIT, so the guest needs the TSC-deadline timer, which this host's KVM lacks", m.cfg.Profile)
+	}
 	for id := 0; id < m.cfg.CPUs; id++ {
 		c, err := m.vm.CreateVCPU(id)
 		if err != nil {
 			return err
 		}
 		m.close = append(m.close, c.Close)
-		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs, pvFeatures(m.cfg.Profile))); err != nil {
+		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs, opts)); err != nil {
 			return err
 		}
 		// Without this, a guest can use KVM features CPUID does not offer.
@@ -47,7 +52,11 @@ func (m *Machine) createVCPUs(entry bootEntry) error {
 				return err
 			}
 		}
-		v := vcpu.New(c, m.pio, m.mmio, m.msr)
+		exits := vcpu.Exits{PIO: m.pio, MMIO: m.mmio, MSR: m.msr}
+		if m.ioapic != nil {
+			exits.EOI = m.ioapic.EOI
+		}
+		v := vcpu.New(c, exits)
 		if m.cfg.RecordMSRs {
 			v.RecordMSRs()
 		}

@@ -49,9 +49,9 @@ const (
 
 // VCPU drives one kvm.VCPU.
 type VCPU struct {
-	cpu            *kvm.VCPU
-	pio, mmio, msr *bus.Bus
-	recordMSRs     bool
+	cpu        *kvm.VCPU
+	exits      Exits
+	recordMSRs bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -60,10 +60,19 @@ type VCPU struct {
 	tid    int // OS thread running the vCPU, 0 when not inside Run
 }
 
-// New returns a runner for cpu that dispatches exits to pio and mmio, and
-// accounts MSR exits on msr (see handleMSR).
-func New(cpu *kvm.VCPU, pio, mmio, msr *bus.Bus) *VCPU {
-	v := &VCPU{cpu: cpu, pio: pio, mmio: mmio, msr: msr}
+// Exits is where a vCPU's exits go.
+type Exits struct {
+	PIO, MMIO *bus.Bus
+	// MSR accounts the MSR accesses KVM passes to userspace (handleMSR).
+	MSR *bus.Bus
+	// EOI receives the vectors of level-triggered interrupts the guest
+	// ended, with a split irqchip; nil otherwise.
+	EOI func(vector uint8)
+}
+
+// New returns a runner for cpu that dispatches its exits to exits.
+func New(cpu *kvm.VCPU, exits Exits) *VCPU {
+	v := &VCPU{cpu: cpu, exits: exits}
 	v.cond = sync.NewCond(&v.mu)
 	return v
 }
@@ -145,9 +154,9 @@ func (v *VCPU) exit() (Event, bool, error) {
 		for off := 0; off < len(io.Data); off += io.Size {
 			d := io.Data[off : off+io.Size]
 			if io.Out {
-				err = v.pio.Write(uint64(io.Port), d)
+				err = v.exits.PIO.Write(uint64(io.Port), d)
 			} else {
-				err = v.pio.Read(uint64(io.Port), d)
+				err = v.exits.PIO.Read(uint64(io.Port), d)
 			}
 			if err != nil {
 				return Stopped, true, v.withRIP(err)
@@ -159,9 +168,9 @@ func (v *VCPU) exit() (Event, bool, error) {
 			return Stopped, true, err
 		}
 		if m.Write {
-			err = v.mmio.Write(m.Addr, m.Data)
+			err = v.exits.MMIO.Write(m.Addr, m.Data)
 		} else {
-			err = v.mmio.Read(m.Addr, m.Data)
+			err = v.exits.MMIO.Read(m.Addr, m.Data)
 		}
 		if err != nil {
 			return Stopped, true, v.withRIP(err)
@@ -169,6 +178,10 @@ func (v *VCPU) exit() (Event, bool, error) {
 	case kvm.ExitX86RDMSR, kvm.ExitX86WRMSR:
 		if err := v.handleMSR(r == kvm.ExitX86WRMSR); err != nil {
 			return Stopped, true, v.withRIP(err)
+		}
+	case kvm.ExitIOAPICEOI:
+		if v.exits.EOI != nil {
+			v.exits.EOI(v.cpu.EOIVector())
 		}
 	case kvm.ExitHLT:
 		// Only without an in-kernel LAPIC; treat as power-off like a halted PC.
@@ -256,7 +269,7 @@ func (v *VCPU) Stop() {
 // after the bus has counted it and applied its policy.
 func (v *VCPU) handleMSR(write bool) error {
 	x := v.cpu.MSR()
-	owned, err := v.msr.Account(uint64(x.Index), write)
+	owned, err := v.exits.MSR.Account(uint64(x.Index), write)
 	if err != nil {
 		return err
 	}
