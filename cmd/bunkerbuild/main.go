@@ -29,6 +29,7 @@ func main() {
 			runCommand(),
 			guestCommand(),
 			demoCommand(),
+			surfaceCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main reports errors itself
 	}

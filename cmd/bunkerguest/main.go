@@ -9,6 +9,10 @@
 //	bunkerguest uinit     give up the controlling terminal, then print info
 //	bunkerguest poweroff  sync and power the machine off
 //	bunkerguest reboot    sync and restart the machine
+//	bunkerguest probe [--json] [--msr-module FILE]
+//	                      scan the I/O ports, MSRs and hypervisor CPUID
+//	                      leaves the guest can reach (see probe.go); --json
+//	                      prints one line, "BUNKERGUEST-PROBE {...}"
 package main
 
 import (
@@ -22,7 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const usage = "usage: bunkerguest info|uinit|poweroff|reboot"
+const usage = "usage: bunkerguest info|uinit|poweroff|reboot|probe [--json] [--msr-module FILE]"
 
 var errUsage = errors.New(usage)
 
@@ -39,6 +43,9 @@ func main() {
 }
 
 func run(args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "probe" {
+		return probe(args[1:], stdout)
+	}
 	if len(args) != 1 {
 		return errUsage
 	}

@@ -41,6 +41,9 @@ func (s Space) String() string {
 	return fmt.Sprintf("space(%d)", uint8(s))
 }
 
+// MarshalText writes the space's name, for JSON reports.
+func (s Space) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 // Class says when a guest needs an entry.
 type Class uint8
 
@@ -65,6 +68,9 @@ func (c Class) String() string {
 	}
 	return fmt.Sprintf("class(%d)", uint8(c))
 }
+
+// MarshalText writes the class's name, for JSON reports.
+func (c Class) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
 
 // Profile is a device set a VMM can be started with.
 type Profile uint8
@@ -93,6 +99,9 @@ func (p Profile) String() string {
 	return strings.Join(names, "+")
 }
 
+// MarshalText writes the profile set, for JSON reports.
+func (p Profile) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // ParseProfile returns the profile named s.
 func ParseProfile(s string) (Profile, error) {
 	switch s {
@@ -109,16 +118,16 @@ type ID string
 
 // Entry is one guest-reachable entry point.
 type Entry struct {
-	ID       ID
-	Space    Space
-	Base     uint64 // first port, address or MSR index
-	Size     uint64 // number of ports, bytes or MSRs; 1 for PV and KVM entries
-	Class    Class
-	Owner    string   // the device that serves it
-	Profiles Profiles // the profiles that offer it
-	IRQ      int      // ISA interrupt line the owner raises, or -1
-	InKernel bool     // served by KVM itself, never by a userspace device
-	Why      string   // why a guest needs it
+	ID       ID       `json:"id"`
+	Space    Space    `json:"space"`
+	Base     uint64   `json:"base"` // first port, address or MSR index; the bit of a PV feature
+	Size     uint64   `json:"size"` // number of ports, bytes or MSRs; 1 for PV and KVM entries
+	Class    Class    `json:"class"`
+	Owner    string   `json:"owner"`     // the device that serves it
+	Profiles Profiles `json:"profiles"`  // the profiles that offer it
+	IRQ      int      `json:"irq"`       // ISA interrupt line the owner raises, or -1
+	InKernel bool     `json:"in_kernel"` // served by KVM itself, never by a userspace device
+	Why      string   `json:"why"`       // why a guest needs it
 }
 
 // End returns the first address past the entry.
