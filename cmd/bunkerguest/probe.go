@@ -10,7 +10,9 @@ package main
 // nested lab. A port is live if it reads as anything but 0xFF, which is what
 // a read of an unclaimed port returns on a PC (the bus floats high) and what
 // KVM VMMs answer. A live port that happens to read 0xFF is missed; that is
-// the price of a read-only probe.
+// the price of a read-only probe. Free-running counters do so now and then
+// (the ACPI PM timer at 0x608-0x60b on pc and q35, the PIT's counters), so
+// counts can differ by one or two between runs.
 //
 // Reading is not free of side effects. Among the devices a PC guest has:
 //   - i8042 0x60 pops a byte from the keyboard controller's output buffer;
