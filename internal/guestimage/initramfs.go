@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -52,6 +53,12 @@ type buildOptions struct {
 	Guest string
 	// GuestBuildFlags are the go build flags for bunkerguest.
 	GuestBuildFlags []string
+	// Modules are modules of the guest kernel to put in the image, as
+	// paths relative to its modules directory. Each is copied as shipped
+	// (xz-compressed) to lib/modules/<release>/<file name>. u-root's init
+	// loads only /lib/modules/*.ko at boot, so these stay unloaded until
+	// bunkerguest loads one: msr, for "bunkerguest probe".
+	Modules []string
 }
 
 var defaultOptions = buildOptions{
@@ -64,6 +71,7 @@ var defaultOptions = buildOptions{
 	Uinit:           "/bin/bunkerguest uinit",
 	Guest:           "bin/bunkerguest",
 	GuestBuildFlags: []string{"-trimpath", "-ldflags=-s -w"},
+	Modules:         []string{"kernel/arch/x86/kernel/msr.ko.xz"},
 }
 
 // env is the environment for every go command that builds for the guest.
@@ -71,10 +79,13 @@ func (o buildOptions) env() []string {
 	return []string{"GOOS=" + o.GOOS, "GOARCH=" + o.GOARCH, "CGO_ENABLED=0", "GOWORK=off"}
 }
 
+// imageFile is a host file copied into the image at Dst.
+type imageFile struct{ Src, Dst string }
+
 // urootArgs are the arguments of the u-root command that writes the archive
-// to out, taking the bunkerguest binary from guestBin and using tmpDir for
-// its build.
-func (o buildOptions) urootArgs(out, guestBin, tmpDir string) []string {
+// to out, taking the bunkerguest binary from guestBin, adding files and
+// using tmpDir for its build.
+func (o buildOptions) urootArgs(out, guestBin, tmpDir string, files []imageFile) []string {
 	args := []string{
 		"-o", out,
 		"-tmp-dir", tmpDir,
@@ -84,6 +95,9 @@ func (o buildOptions) urootArgs(out, guestBin, tmpDir string) []string {
 		"-uinitcmd", o.Uinit,
 		"-files", guestBin + ":" + o.Guest,
 		"-skip-ldd", // everything in the image is static
+	}
+	for _, f := range files {
+		args = append(args, "-files", f.Src+":"+f.Dst)
 	}
 	for _, t := range o.Tags {
 		args = append(args, "-go-build-tags", t)
@@ -98,6 +112,8 @@ type initramfsInputs struct {
 	GoEnv   string // go env: Go version and build settings
 	Options buildOptions
 	Guest   []string // bunkerguest's source files and dependencies
+	Kernel  string   // release of the kernel the modules are from
+	Modules []string // "<path in the image> <sha256>" of each module
 }
 
 // key returns the cache key of the inputs.
@@ -118,21 +134,29 @@ func (in initramfsInputs) key() string {
 // starts the gosh shell on the console: with console=ttyS0, a "$ " prompt on
 // the serial line that runs the lines typed there.
 //
+// The image also carries the default kernel's (see FetchKernel) msr module
+// at /lib/modules/<release>/msr.ko.xz, unloaded, for "bunkerguest probe".
+//
 // The cache key hashes the u-root version, bunkerguest's source files and
-// dependency versions, the Go version and the build options. It must run
-// inside the bunkerbuild source tree (or from a binary built there), needs
-// the go command, and fetches modules through the Go module proxy. Progress
-// messages and the output of the build go to progress, which may be nil.
+// dependency versions, the Go version, the build options, the kernel release
+// and the checksums of the modules. It must run inside the bunkerbuild source
+// tree (or from a binary built there), needs the go command, and fetches
+// modules through the Go module proxy. Progress messages and the output of
+// the build go to progress, which may be nil.
 func Initramfs(ctx context.Context, cacheDir string, progress io.Writer) (string, error) {
 	progress = orDiscard(progress)
 	src, err := sourceRoot()
 	if err != nil {
 		return "", err
 	}
-	return buildInitramfs(ctx, cacheDir, src, defaultOptions, progress)
+	kernel, err := FetchKernel(ctx, cacheDir, progress)
+	if err != nil {
+		return "", err
+	}
+	return buildInitramfs(ctx, cacheDir, src, kernel, defaultOptions, progress)
 }
 
-func buildInitramfs(ctx context.Context, cacheDir, src string, opts buildOptions, progress io.Writer) (string, error) {
+func buildInitramfs(ctx context.Context, cacheDir, src string, kernel KernelTree, opts buildOptions, progress io.Writer) (string, error) {
 	uroot, err := downloadModule(ctx, URootModule, URootVersion, progress)
 	if err != nil {
 		return "", err
@@ -148,6 +172,18 @@ func buildInitramfs(ctx context.Context, cacheDir, src string, opts buildOptions
 	if in.Guest, err = sourceInputs(ctx, src, guestPackage, opts.env(), progress); err != nil {
 		return "", err
 	}
+	files, err := moduleFiles(kernel, opts.Modules)
+	if err != nil {
+		return "", err
+	}
+	in.Kernel = kernel.Version
+	for _, f := range files {
+		sum, err := fileSHA256(f.Src)
+		if err != nil {
+			return "", err
+		}
+		in.Modules = append(in.Modules, f.Dst+" "+sum)
+	}
 	out := filepath.Join(cacheDir, "initramfs", "initramfs-"+in.key()[:24]+".cpio")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
@@ -159,7 +195,7 @@ func buildInitramfs(ctx context.Context, cacheDir, src string, opts buildOptions
 	}
 	fmt.Fprintf(progress, "guestimage: building %s\n", out)
 	err = installOnce(out, func(tmp string) error {
-		return makeInitramfs(ctx, tmp, src, tool, uroot.Dir, opts, progress)
+		return makeInitramfs(ctx, tmp, src, tool, uroot.Dir, opts, files, progress)
 	})
 	if err != nil {
 		return "", fmt.Errorf("build initramfs %s: %w", out, err)
@@ -168,8 +204,9 @@ func buildInitramfs(ctx context.Context, cacheDir, src string, opts buildOptions
 }
 
 // makeInitramfs builds bunkerguest from the source tree src, then runs the
-// u-root tool in u-root's module directory to write the archive to out.
-func makeInitramfs(ctx context.Context, out, src, tool, urootDir string, opts buildOptions, progress io.Writer) error {
+// u-root tool in u-root's module directory to write the archive, with files,
+// to out.
+func makeInitramfs(ctx context.Context, out, src, tool, urootDir string, opts buildOptions, files []imageFile, progress io.Writer) error {
 	work, err := os.MkdirTemp("", "bunkerbuild-initramfs-")
 	if err != nil {
 		return err
@@ -187,8 +224,31 @@ func makeInitramfs(ctx context.Context, out, src, tool, urootDir string, opts bu
 		return err
 	}
 	env := append(opts.env(), "GOROOT="+strings.TrimSpace(string(goroot)))
-	uArgs := opts.urootArgs(out, guestBin, filepath.Join(work, "u-root"))
+	uArgs := opts.urootArgs(out, guestBin, filepath.Join(work, "u-root"), files)
 	return command(ctx, urootDir, env, progress, tool, uArgs...)
+}
+
+// moduleFiles maps the modules (relative to the kernel's modules directory)
+// to their places in the image, lib/modules/<release>/<file name>.
+func moduleFiles(k KernelTree, modules []string) ([]imageFile, error) {
+	var files []imageFile
+	for _, m := range modules {
+		src := filepath.Join(k.ModulesDir, filepath.FromSlash(m))
+		if _, err := os.Stat(src); err != nil {
+			return nil, fmt.Errorf("kernel %s: module for the initramfs: %w", k.Version, err)
+		}
+		files = append(files, imageFile{Src: src, Dst: path.Join("lib/modules", k.Version, path.Base(m))})
+	}
+	return files, nil
+}
+
+func fileSHA256(name string) (string, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // urootTool returns the u-root command, built once from its module

@@ -20,6 +20,7 @@ func TestInitramfsKey(t *testing.T) {
 		o.Commands = slices.Clone(o.Commands)
 		o.Tags = slices.Clone(o.Tags)
 		o.GuestBuildFlags = slices.Clone(o.GuestBuildFlags)
+		o.Modules = slices.Clone(o.Modules)
 		return initramfsInputs{
 			Format:  keyFormat,
 			URoot:   "github.com/u-root/u-root v0.16.0 h1:abc=",
@@ -29,6 +30,8 @@ func TestInitramfsKey(t *testing.T) {
 				"file cmd/bunkerguest/main.go 0a0a",
 				"module golang.org/x/sys v0.50.0",
 			},
+			Kernel:  "6.12.95+deb12-amd64",
+			Modules: []string{"lib/modules/6.12.95+deb12-amd64/msr.ko.xz 0a0a"},
 		}
 	}
 	tests := []struct {
@@ -51,6 +54,11 @@ func TestInitramfsKey(t *testing.T) {
 		{"uinit", func(in *initramfsInputs) { in.Options.Uinit = "/bin/bunkerguest poweroff" }},
 		{"guest path", func(in *initramfsInputs) { in.Options.Guest = "bbin/bunkerguest" }},
 		{"guest build flags", func(in *initramfsInputs) { in.Options.GuestBuildFlags = []string{"-trimpath"} }},
+		{"modules option", func(in *initramfsInputs) { in.Options.Modules = nil }},
+		{"kernel release", func(in *initramfsInputs) { in.Kernel = "6.12.96+deb12-amd64" }},
+		{"module checksum", func(in *initramfsInputs) {
+			in.Modules[0] = "lib/modules/6.12.95+deb12-amd64/msr.ko.xz 0a0b"
+		}},
 	}
 	baseKey := base().key()
 	if again := base().key(); again != baseKey {
@@ -164,20 +172,72 @@ func TestFindModuleRoot(t *testing.T) {
 	}
 }
 
+// fakeKernel returns a KernelTree with only a module directory holding
+// the modules of the default options, each containing its own path.
+func fakeKernel(t *testing.T) KernelTree {
+	t.Helper()
+	k := KernelTree{Version: "6.12.0-test-amd64"}
+	k.ModulesDir = filepath.Join(t.TempDir(), "lib", "modules", k.Version)
+	for _, m := range defaultOptions.Modules {
+		file := filepath.Join(k.ModulesDir, m)
+		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return k
+}
+
+func TestModuleFiles(t *testing.T) {
+	k := fakeKernel(t)
+	files, err := moduleFiles(k, defaultOptions.Modules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []imageFile{{
+		Src: filepath.Join(k.ModulesDir, "kernel/arch/x86/kernel/msr.ko.xz"),
+		Dst: "lib/modules/6.12.0-test-amd64/msr.ko.xz",
+	}}
+	if !slices.Equal(files, want) {
+		t.Errorf("moduleFiles() = %q; want %q", files, want)
+	}
+	args := defaultOptions.urootArgs("out", "guest", "tmp", files)
+	if !slices.Contains(args, want[0].Src+":"+want[0].Dst) {
+		t.Errorf("urootArgs() = %q; want -files %s:%s", args, want[0].Src, want[0].Dst)
+	}
+	if _, err := moduleFiles(k, []string{"kernel/none.ko.xz"}); err == nil {
+		t.Error("moduleFiles() with a missing module succeeded")
+	}
+}
+
 // TestInitramfs really builds the image (a minute or two) and checks what is
-// in it.
+// in it. The kernel is a stand-in with only the module files.
 func TestInitramfs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds u-root")
 	}
 	ctx := context.Background()
 	cache := t.TempDir()
-	var log bytes.Buffer
-	path, err := Initramfs(ctx, cache, &log)
+	src, err := sourceRoot()
 	if err != nil {
-		t.Fatalf("Initramfs() = %v\n%s", err, log.String())
+		t.Fatal(err)
+	}
+	kernel := fakeKernel(t)
+	var log bytes.Buffer
+	path, err := buildInitramfs(ctx, cache, src, kernel, defaultOptions, &log)
+	if err != nil {
+		t.Fatalf("buildInitramfs() = %v\n%s", err, log.String())
 	}
 	records := readCPIO(t, path)
+
+	msr := "lib/modules/" + kernel.Version + "/msr.ko.xz"
+	if r, ok := records[msr]; !ok || r.Mode&cpio.S_IFMT != cpio.S_IFREG {
+		t.Errorf("no file %s in the image", msr)
+	} else if got := readAll(t, r); got != "kernel/arch/x86/kernel/msr.ko.xz" {
+		t.Errorf("%s holds %q; want the kernel's module", msr, got)
+	}
 
 	for name, target := range map[string]string{
 		"init":          "bbin/init",
@@ -220,15 +280,15 @@ func TestInitramfs(t *testing.T) {
 
 	// Same inputs: the cached image, without a rebuild.
 	start := time.Now()
-	again, err := Initramfs(ctx, cache, nil)
+	again, err := buildInitramfs(ctx, cache, src, kernel, defaultOptions, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if again != path {
-		t.Errorf("second Initramfs() = %s; want the cached %s", again, path)
+		t.Errorf("second buildInitramfs() = %s; want the cached %s", again, path)
 	}
 	if d := time.Since(start); d > 20*time.Second {
-		t.Errorf("second Initramfs() took %v; want it served from the cache", d)
+		t.Errorf("second buildInitramfs() took %v; want it served from the cache", d)
 	}
 }
 
