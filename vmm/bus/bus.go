@@ -247,6 +247,17 @@ func (b *Bus) Denied() []Stat {
 	return out
 }
 
+// DeniedTotal returns how many accesses the bus denied, over all addresses.
+func (b *Bus) DeniedTotal() uint64 {
+	b.deniedMu.Lock()
+	defer b.deniedMu.Unlock()
+	n := b.overflow.Reads.Load() + b.overflow.Writes.Load()
+	for _, c := range b.denied {
+		n += c.Reads.Load() + c.Writes.Load()
+	}
+	return n
+}
+
 func stat(c *Counter, e inventory.Entry, addr uint64) Stat {
 	return Stat{Entry: e, Addr: addr, Reads: c.Reads.Load(), Writes: c.Writes.Load(), Last: c.Last()}
 }

@@ -90,7 +90,7 @@ func (m *Machine) irqLine(id inventory.ID) irq.Line {
 		return m.ioapic.Line(e.IRQ)
 	}
 	return irq.LineFunc(func(high bool) {
-		if err := m.vm.IRQLine(uint32(e.IRQ), high); err != nil {
+		if err := m.raise(uint32(e.IRQ), high); err != nil {
 			m.cfg.Log.Printf("%s: %v", id, err)
 		}
 	})

@@ -122,6 +122,8 @@ type Machine struct {
 	msr  *bus.Bus
 
 	ioapic *ioapic.IOAPIC // the minimal profile's userspace IOAPIC
+	// raise sets the level of a GSI of KVM's irqchip (vm.IRQLine).
+	raise func(gsi uint32, high bool) error
 	cpus   []*vcpu.VCPU
 	close  []func() error // device and resource cleanups, run in reverse
 
@@ -215,6 +217,7 @@ func (m *Machine) createIRQChip() error {
 	if err := m.vm.CreateIRQChip(); err != nil {
 		return err
 	}
+	m.raise = m.vm.IRQLine
 	if m.offers(inventory.KernelPIT) {
 		return m.vm.CreatePIT2(kvm.PITSpeakerDummy)
 	}

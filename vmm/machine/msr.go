@@ -60,6 +60,15 @@ func (m *Machine) setupMSRs() error {
 			return err
 		}
 	}
+	if err := m.registerMSRs(); err != nil {
+		return err
+	}
+	return m.vm.SetMSRFilter(ranges)
+}
+
+// registerMSRs puts the profile's MSR entries on the MSR bus, for
+// accounting.
+func (m *Machine) registerMSRs() error {
 	for _, e := range inventory.For(m.cfg.Profile) {
 		if e.Space == inventory.SpaceMSR {
 			if err := m.msr.Register(e, nil); err != nil {
@@ -67,5 +76,5 @@ func (m *Machine) setupMSRs() error {
 			}
 		}
 	}
-	return m.vm.SetMSRFilter(ranges)
+	return nil
 }
