@@ -27,11 +27,17 @@ type Session struct {
 // Start creates the machine described by cfg, with its console connected
 // to a console.Console (copied to log, if not nil), and starts running it.
 func Start(ctx context.Context, cfg machine.Config, log io.Writer) (*Session, error) {
+	return StartWith(ctx, cfg, machine.New, log)
+}
+
+// StartWith is Start with the machine made by create from cfg (machine.New,
+// or a restore from a snapshot).
+func StartWith(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), log io.Writer) (*Session, error) {
 	pr, pw := io.Pipe()
 	s := &Session{typeIn: pw, done: make(chan struct{}), Started: time.Now()}
 	s.Console = console.New(pw, log)
 	cfg.ConsoleIn, cfg.ConsoleOut = pr, s.Console
-	m, err := machine.New(cfg)
+	m, err := create(cfg)
 	if err != nil {
 		pw.Close()
 		return nil, err

@@ -451,6 +451,24 @@ func (c *VCPU) MSRs(indices []uint32) ([]MSREntry, error) {
 	return append([]MSREntry(nil), m.Entries[:n]...), nil
 }
 
+// MSRsPartial reads MSRs until KVM refuses one: it returns those read and
+// their count; indices[n] is the refused one when n < len(indices).
+func (c *VCPU) MSRsPartial(indices []uint32) ([]MSREntry, int, error) {
+	if len(indices) > maxMSRs {
+		return nil, 0, fmt.Errorf("KVM_GET_MSRS on vCPU %d: %d MSRs, at most %d", c.ID, len(indices), maxMSRs)
+	}
+	var m msrs
+	m.NMSRs = uint32(len(indices))
+	for i, idx := range indices {
+		m.Entries[i].Index = idx
+	}
+	n, err := ioctlVar(c.fd, reqGetMSRs, &m)
+	if err != nil {
+		return nil, 0, fmt.Errorf("KVM_GET_MSRS on vCPU %d: %w", c.ID, err)
+	}
+	return append([]MSREntry(nil), m.Entries[:n]...), int(n), nil
+}
+
 // SetMSRs writes MSRs, and fails unless KVM applied every entry.
 func (c *VCPU) SetMSRs(entries []MSREntry) error {
 	if len(entries) > maxMSRs {

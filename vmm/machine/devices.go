@@ -102,6 +102,7 @@ func (m *Machine) requiredDevices(devs deviceSet) {
 		PowerOff: func() { m.guestExit(ExitPoweroff) },
 		Sleep:    func(t uint8) { m.cfg.Log.Printf("acpi: guest asked for sleep type %d, ignored", t) },
 	})
+	m.pm = pm
 	devs[inventory.ACPIEvt] = pm.Event()
 	devs[inventory.ACPICnt] = pm.Control()
 }
@@ -117,6 +118,7 @@ func (m *Machine) consoleDevices(devs deviceSet) error {
 	}
 	u := serial.New(m.irqLine(inventory.COM1), m.cfg.ConsoleIn, out)
 	m.close = append(m.close, u.Close)
+	m.uart = u
 	devs[inventory.COM1] = u
 	return nil
 }

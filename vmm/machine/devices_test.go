@@ -92,7 +92,7 @@ func inEntries(m *Machine, space inventory.Space, addr, size uint64) bool {
 // buses: no access panics, and every access outside the profile's
 // inventory is denied (reads return all ones) and counted.
 func FuzzDispatch(f *testing.F) {
-	f.Add([]byte{0, 0x60, 0x00, 0, 1, 0xfe})                       // i8042 port, by offset
+	f.Add([]byte{0, 0x60, 0x00, 0, 1, 0xfe})                      // i8042 port, by offset
 	f.Add([]byte{1, 0x00, 0x00, 0xc0, 0xfe, 0x11, 4, 1, 2, 3, 4}) // MMIO at the IOAPIC
 	f.Add([]byte{2, 0x1b, 0, 0, 0, 0, 8})
 	// One machine per profile for the whole run: device state carries

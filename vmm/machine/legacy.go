@@ -14,6 +14,7 @@ import (
 func (m *Machine) legacyDevices(devs deviceSet) error {
 	if m.offers(inventory.I8042Data) {
 		kbc := i8042.New(m.irqLine(inventory.I8042Data), func() { m.guestExit(ExitReboot) })
+		m.kbc = kbc
 		devs[inventory.I8042Data] = kbc.Data()
 		devs[inventory.I8042Cmd] = kbc.Command()
 	}

@@ -13,7 +13,10 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy/i8042"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
@@ -65,6 +68,9 @@ func (c *Config) check() error {
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if err := c.checkKernel(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	return nil
 }
 
@@ -78,6 +84,11 @@ func (c *Config) validate() error {
 	if c.Profile != inventory.Full && c.Profile != inventory.Minimal {
 		return fmt.Errorf("device profile %v: want exactly one of full or minimal", c.Profile)
 	}
+	return nil
+}
+
+// checkKernel checks the kernel image of a machine that boots one.
+func (c *Config) checkKernel() error {
 	if c.Kernel == nil || c.Kernel.Size() == 0 {
 		return errors.New("no kernel image")
 	}
@@ -122,10 +133,13 @@ type Machine struct {
 	msr  *bus.Bus
 
 	ioapic *ioapic.IOAPIC // the minimal profile's userspace IOAPIC
+	pm     *acpipm.PM
+	uart   *serial.UART      // nil without a serial console
+	kbc    *i8042.Controller // nil without the i8042
 	// raise sets the level of a GSI of KVM's irqchip (vm.IRQLine).
 	raise func(gsi uint32, high bool) error
-	cpus   []*vcpu.VCPU
-	close  []func() error // device and resource cleanups, run in reverse
+	cpus  []*vcpu.VCPU
+	close []func() error // device and resource cleanups, run in reverse
 
 	exitOnce sync.Once
 	exit     Exit // set by the first guest event
@@ -139,64 +153,81 @@ func New(cfg Config) (_ *Machine, err error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	if cfg.Log == nil {
-		cfg.Log = log.New(io.Discard, "", 0)
+	m, err := newMachine(cfg)
+	if err != nil {
+		return nil, err
 	}
-	m := &Machine{cfg: cfg, exit: ExitStopped}
 	defer func() {
 		if err != nil {
 			m.Close()
 		}
 	}()
-	if m.mem, err = memory.New(cfg.Memory); err != nil {
-		return nil, err
-	}
-	m.close = append(m.close, m.mem.Close)
 	// Load the guest before touching KVM, so that bad input is reported
 	// as such on any machine.
 	entry, err := m.loadGuest()
 	if err != nil {
 		return nil, err
 	}
-	if m.sys, err = kvm.Open(); err != nil {
+	if err = m.createVM(); err != nil {
 		return nil, err
+	}
+	if err = m.createVCPUs(&entry, nil); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// newMachine maps guest RAM for cfg.
+func newMachine(cfg Config) (*Machine, error) {
+	if cfg.Log == nil {
+		cfg.Log = log.New(io.Discard, "", 0)
+	}
+	m := &Machine{cfg: cfg, exit: ExitStopped}
+	var err error
+	if m.mem, err = memory.New(cfg.Memory); err != nil {
+		return nil, err
+	}
+	m.close = append(m.close, m.mem.Close)
+	return m, nil
+}
+
+// createVM creates the KVM VM with its interrupt controllers, memory
+// slots, buses, MSR filter and devices.
+func (m *Machine) createVM() error {
+	var err error
+	if m.sys, err = kvm.Open(); err != nil {
+		return err
 	}
 	m.close = append(m.close, m.sys.Close)
-	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && cfg.CPUs > max {
-		return nil, fmt.Errorf("vCPU count %d exceeds this host's KVM limit of %d", cfg.CPUs, max)
+	if max := m.sys.CheckExtension(kvm.CapMaxVCPUs); max > 0 && m.cfg.CPUs > max {
+		return fmt.Errorf("vCPU count %d exceeds this host's KVM limit of %d", m.cfg.CPUs, max)
 	}
 	if m.vm, err = m.sys.CreateVM(); err != nil {
-		return nil, err
+		return err
 	}
 	m.close = append(m.close, m.vm.Close)
 	if err = m.vm.SetIdentityMapAddr(memory.KVMIdentityMap); err != nil {
-		return nil, err
+		return err
 	}
 	if err = m.vm.SetTSSAddr(memory.KVMTSS); err != nil {
-		return nil, err
+		return err
 	}
 	if err = m.createIRQChip(); err != nil {
-		return nil, err
+		return err
 	}
 	regions, maps := m.mem.Regions()
 	for i, r := range regions {
 		if err = m.vm.SetUserMemoryRegion(uint32(i), r.GPA, maps[i]); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	m.pio = bus.New(inventory.SpacePIO, cfg.Policy, cfg.Log)
-	m.mmio = bus.New(inventory.SpaceMMIO, cfg.Policy, cfg.Log)
-	m.msr = bus.New(inventory.SpaceMSR, cfg.Policy, cfg.Log)
+	m.pio = bus.New(inventory.SpacePIO, m.cfg.Policy, m.cfg.Log)
+	m.mmio = bus.New(inventory.SpaceMMIO, m.cfg.Policy, m.cfg.Log)
+	m.msr = bus.New(inventory.SpaceMSR, m.cfg.Policy, m.cfg.Log)
 	if err = m.setupMSRs(); err != nil {
-		return nil, err
+		return err
 	}
-	if err = m.attachDevices(); err != nil {
-		return nil, err
-	}
-	if err = m.createVCPUs(entry); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return m.attachDevices()
 }
 
 // createIRQChip sets up the interrupt controllers of the profile: KVM's

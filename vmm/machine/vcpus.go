@@ -19,10 +19,12 @@ const (
 	apicModeExtINT = 0x700
 )
 
-// createVCPUs creates every vCPU with its CPUID and local APIC wiring, and
-// puts vCPU 0 at the kernel's 64-bit entry. The others wait in KVM for the
-// INIT/SIPI sequence Linux sends through the in-kernel LAPIC.
-func (m *Machine) createVCPUs(entry bootEntry) error {
+// createVCPUs creates every vCPU. For a boot (entry set) each gets the
+// guest CPUID and local APIC wiring, and vCPU 0 starts at the kernel's
+// 64-bit entry; the others wait in KVM for the INIT/SIPI sequence Linux
+// sends through the in-kernel LAPIC. For a restore (saved set) each gets
+// its saved state.
+func (m *Machine) createVCPUs(entry *bootEntry, saved []VCPUState) error {
 	supported, err := m.sys.SupportedCPUID()
 	if err != nil {
 		return err
@@ -37,18 +39,32 @@ func (m *Machine) createVCPUs(entry bootEntry) error {
 			return err
 		}
 		m.close = append(m.close, c.Close)
-		if err := c.SetCPUID(guestCPUID(supported, id, m.cfg.CPUs, opts)); err != nil {
+		cpuid := guestCPUID(supported, id, m.cfg.CPUs, opts)
+		if saved != nil {
+			// The guest keeps the CPU it booted on.
+			cpuid = saved[id].CPUID
+		}
+		if err := c.SetCPUID(cpuid); err != nil {
 			return err
 		}
 		// Without this, a guest can use KVM features CPUID does not offer.
 		if err := c.EnableCap(kvm.CapEnforcePVFeatureCPUID, 1); err != nil {
 			return err
 		}
-		if err := setLINTs(c); err != nil {
-			return err
-		}
-		if id == 0 {
+		switch {
+		case saved != nil:
+			if err := restoreVCPU(c, &saved[id]); err != nil {
+				return err
+			}
+		case id == 0:
+			if err := setLINTs(c); err != nil {
+				return err
+			}
 			if err := entry.apply(c); err != nil {
+				return err
+			}
+		default:
+			if err := setLINTs(c); err != nil {
 				return err
 			}
 		}

@@ -242,6 +242,13 @@ func (v *VCPU) Pause() {
 	}
 }
 
+// Paused reports whether the vCPU is parked by Pause.
+func (v *VCPU) Paused() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.paused
+}
+
 // Resume lets a paused vCPU run again.
 func (v *VCPU) Resume() {
 	v.mu.Lock()

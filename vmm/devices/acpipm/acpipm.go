@@ -169,3 +169,25 @@ func (c control) Write(offset uint64, data []byte) {
 		p.cfg.Sleep(typ)
 	}
 }
+
+// State is the PM1a register state, for snapshots.
+type State struct {
+	Status  uint16 `json:"status"`
+	Enable  uint16 `json:"enable"`
+	Control uint16 `json:"control"`
+}
+
+// State returns the register state.
+func (p *PM) State() State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return State{Status: p.sts, Enable: p.en, Control: p.cnt}
+}
+
+// SetState loads register state and updates the SCI line.
+func (p *PM) SetState(s State) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sts, p.en, p.cnt = s.Status, s.Enable, s.Control|cntSCIEn
+	p.update()
+}

@@ -242,3 +242,33 @@ func put(data []byte, v uint32) {
 	binary.LittleEndian.PutUint32(b[:], v)
 	copy(data, b[:])
 }
+
+// State is the IOAPIC's register state, for snapshots.
+type State struct {
+	ID     uint32       `json:"id"`
+	Select uint32       `json:"select"`
+	Redir  [Pins]uint64 `json:"redir"`
+	Level  [Pins]bool   `json:"level"`
+}
+
+// State returns the register state.
+func (a *IOAPIC) State() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return State{ID: a.id, Select: a.sel, Redir: a.redir, Level: a.level}
+}
+
+// SetState loads register state, reprograms the routes and delivers the
+// level-triggered pins that are high and not waiting for an EOI.
+func (a *IOAPIC) SetState(s State) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.id, a.sel, a.redir, a.level = s.ID&0x0f000000, s.Select&0xff, s.Redir, s.Level
+	for i := range a.redir {
+		a.redir[i] &^= redirDelivStatus
+	}
+	a.program()
+	for pin := range a.redir {
+		a.service(pin)
+	}
+}

@@ -396,3 +396,40 @@ func (u *UART) update() {
 		u.line.SetLevel(level)
 	}
 }
+
+// State is the UART's register state and unread input, for snapshots.
+type State struct {
+	DLL, DLM   byte
+	IER, FCR   byte
+	LCR, MCR   byte
+	SCR        byte
+	LSRErr     byte
+	MSR        byte
+	RX         []byte // unread received bytes, oldest first
+	THRPending bool
+}
+
+// State returns the register state.
+func (u *UART) State() State {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := State{DLL: u.dll, DLM: u.dlm, IER: u.ier, FCR: u.fcr, LCR: u.lcr, MCR: u.mcr, SCR: u.scr,
+		LSRErr: u.lsrErr, MSR: u.msr, THRPending: u.thrPending}
+	for i := 0; i < u.rxLen; i++ {
+		s.RX = append(s.RX, u.rx[(u.rxHead+i)%fifoSize])
+	}
+	return s
+}
+
+// SetState loads register state and updates the interrupt line. Received
+// bytes beyond the FIFO's size are dropped.
+func (u *UART) SetState(s State) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.dll, u.dlm, u.ier, u.fcr, u.lcr, u.mcr, u.scr = s.DLL, s.DLM, s.IER, s.FCR, s.LCR, s.MCR, s.SCR
+	u.lsrErr, u.msr, u.thrPending = s.LSRErr, s.MSR, s.THRPending
+	u.rxHead, u.rxLen = 0, min(len(s.RX), fifoSize)
+	copy(u.rx[:], s.RX[:u.rxLen])
+	u.update()
+	u.space.Broadcast()
+}
