@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/console"
-	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
 )
 
 // surfaceCmdline is the guest command line of the surface comparison.
@@ -86,11 +85,7 @@ func startQEMU(t *testing.T, ctx context.Context, m qemuMachine, kernel, initrd 
 // reference VMM, and it checks what must hold whatever the QEMU version: the
 // console's COM1 is live, KVM's CPUID signature is there, and pit=off,pic=off
 // really removes the i8254 and i8259 ports. The table shows with go test -v.
-func TestSurfaceQEMU(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots five guests")
-	}
-	kvmtest.Require(t)
+func probeQEMUMachines(t *testing.T) []surfaceRow {
 	kernel, initrd := os.Getenv(envKernel), os.Getenv(envInitrd)
 	var rows []surfaceRow
 	for _, m := range surfaceMachines() {
@@ -106,8 +101,7 @@ func TestSurfaceQEMU(t *testing.T) {
 			checkSurface(t, m, p)
 		})
 	}
-	printSurfaceTable(os.Stdout, rows)
-	fmt.Printf("QEMU: -accel kvm -cpu host -m 512 -smp 1 -serial stdio -append %q; ms: the guest's clock; wall: the host's, from typing the command to its end, output included\n", surfaceCmdline)
+	return rows
 }
 
 // checkSurface checks what any QEMU version must show.
