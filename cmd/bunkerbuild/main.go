@@ -30,6 +30,10 @@ func main() {
 			guestCommand(),
 			demoCommand(),
 			surfaceCommand(),
+			buildCommand(),
+			resumeCommand(),
+			keygenCommand(),
+			bootStageCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main reports errors itself
 	}

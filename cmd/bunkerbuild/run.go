@@ -71,12 +71,11 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	if err != nil {
 		return cfg, usageError("--profile: %v", err)
 	}
-	pol, err := bus.ParsePolicy(c.String("policy"))
-	if err != nil {
-		return cfg, usageError("--policy: %v", err)
+	if cfg, err = vmConfigFlags(c); err != nil {
+		return cfg, err
 	}
-	cfg = machine.Config{Profile: prof, Policy: pol, Memory: mem, CPUs: c.Int("cpus"), Cmdline: cmdline,
-		RecordMSRs: c.Bool("record-msrs"), SerialConsole: c.Bool("serial")}
+	cfg.Profile, cfg.Memory, cfg.CPUs, cfg.Cmdline = prof, mem, c.Int("cpus"), cmdline
+	cfg.RecordMSRs, cfg.SerialConsole = c.Bool("record-msrs"), c.Bool("serial")
 	// The files are read straight into guest memory when the machine is
 	// created; the process exits soon after, which closes them.
 	if cfg.Kernel, err = openImage(kernel); err != nil {
@@ -87,12 +86,20 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 			return cfg, usageError("initrd: %v", err)
 		}
 	}
+	return cfg, nil
+}
+
+// vmConfigFlags reads the policy and logging flags.
+func vmConfigFlags(c *cli.Context) (machine.Config, error) {
+	pol, err := bus.ParsePolicy(c.String("policy"))
+	if err != nil {
+		return machine.Config{}, usageError("--policy: %v", err)
+	}
 	logOut := io.Discard
 	if c.Bool("verbose") {
 		logOut = os.Stderr
 	}
-	cfg.Log = log.New(logOut, "bunkerbuild: ", log.Ltime|log.Lmicroseconds)
-	return cfg, nil
+	return machine.Config{Policy: pol, Log: log.New(logOut, "bunkerbuild: ", log.Ltime|log.Lmicroseconds)}, nil
 }
 
 // openImage opens a guest file for machine.Config.
@@ -116,6 +123,12 @@ func openImage(path string) (machine.Image, error) {
 // runInteractive boots cfg with the console on this process's terminal and
 // maps how the guest ended to the exit status.
 func runInteractive(ctx context.Context, cfg machine.Config, report bool) error {
+	return runInteractiveWith(ctx, cfg, machine.New, report)
+}
+
+// runInteractiveWith is runInteractive with the machine made by create
+// (machine.New, or a restore).
+func runInteractiveWith(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), report bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	quit := make(chan struct{}, 1)
@@ -139,11 +152,11 @@ func runInteractive(ctx context.Context, cfg machine.Config, report bool) error 
 		case <-ctx.Done():
 		}
 	}()
-	return boot(ctx, cfg, quit, report)
+	return boot(ctx, cfg, create, quit, report)
 }
 
-func boot(ctx context.Context, cfg machine.Config, quit <-chan struct{}, report bool) error {
-	m, err := machine.New(cfg)
+func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), quit <-chan struct{}, report bool) error {
+	m, err := create(cfg)
 	if err != nil {
 		if errors.Is(err, machine.ErrInvalid) {
 			return cli.Exit(err.Error(), exitUsage)

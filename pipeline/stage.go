@@ -1,0 +1,245 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/session"
+	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
+	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
+)
+
+// StageSpec tells the boot stage what to boot and when to capture it. The
+// parent writes it as SpecFile in the stage's output directory.
+type StageSpec struct {
+	Kernel  string `json:"kernel"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline"`
+	Memory  uint64 `json:"memory"`
+	CPUs    int    `json:"cpus"`
+
+	// Exactly one booted condition.
+	Console    string        `json:"console,omitempty"`     // regexp matched per console line
+	LegacyIdle time.Duration `json:"legacy_idle,omitempty"` // no legacy entry touched for this long
+
+	Settle  time.Duration `json:"settle"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// Files in a boot stage's output directory.
+const (
+	SpecFile    = "spec.json"
+	StateFile   = "state.json"
+	ConsoleFile = "console.log"
+	VMMLogFile  = "vmm.log"
+	memoryFile  = "memory-%d.raw"
+)
+
+// maxStateSize bounds the state file the parent reads from the child.
+const maxStateSize = 16 << 20
+
+// RunStage is the boot stage, run in the isolated child: it boots the guest
+// of dir/spec.json on the full profile, waits until it has booted and
+// settled, pauses and captures it, and writes the capture into dir.
+func RunStage(ctx context.Context, dir string, progress io.Writer) error {
+	var spec StageSpec
+	b, err := os.ReadFile(filepath.Join(dir, SpecFile))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("%s: %w", SpecFile, err)
+	}
+	var cond *regexp.Regexp
+	if spec.Console != "" {
+		if cond, err = regexp.Compile("(?m)" + spec.Console); err != nil {
+			return fmt.Errorf("booted condition: %w", err)
+		}
+	} else if spec.LegacyIdle <= 0 {
+		return errors.New("the stage spec has no booted condition")
+	}
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+
+	kernel, err := os.Open(spec.Kernel)
+	if err != nil {
+		return err
+	}
+	defer kernel.Close()
+	vmmLog, err := os.Create(filepath.Join(dir, VMMLogFile))
+	if err != nil {
+		return err
+	}
+	defer vmmLog.Close()
+	cfg := machine.Config{Profile: inventory.Full, Policy: bus.Deny, Memory: spec.Memory, CPUs: spec.CPUs,
+		Cmdline: spec.Cmdline, Log: log.New(vmmLog, "", log.Lmicroseconds)}
+	if cfg.Kernel, err = section(kernel); err != nil {
+		return err
+	}
+	if spec.Initrd != "" {
+		f, err := os.Open(spec.Initrd)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if cfg.Initrd, err = section(f); err != nil {
+			return err
+		}
+	}
+	consoleLog, err := os.Create(filepath.Join(dir, ConsoleFile))
+	if err != nil {
+		return err
+	}
+	defer consoleLog.Close()
+
+	start := time.Now()
+	s, err := session.Start(ctx, cfg, consoleLog)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if cond != nil {
+		if _, err := s.Console.Expect(ctx, cond); err != nil {
+			return fmt.Errorf("waiting for the console to match %q: %w", spec.Console, err)
+		}
+	} else if err := waitLegacyIdle(ctx, s.Machine, spec.LegacyIdle); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "booted after %v; settling for %v\n", time.Since(start).Round(time.Millisecond), spec.Settle)
+	var denied uint64
+	for _, b := range s.Machine.Buses() {
+		denied += b.DeniedTotal()
+	}
+	fmt.Fprintf(progress, "%d guest accesses outside the full profile's inventory were denied while booting\n", denied)
+	select {
+	case <-time.After(spec.Settle):
+	case <-ctx.Done():
+		return fmt.Errorf("settling: %w", context.Cause(ctx))
+	}
+	s.Machine.Pause()
+	st, err := s.Machine.Capture()
+	if err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	if err := writeMemory(dir, s.Machine.Memory()); err != nil {
+		return err
+	}
+	b, err = json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, StateFile), b); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "captured %d vCPUs and %d MiB of memory after %v\n", len(st.VCPUs), st.Memory>>20, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func section(f *os.File) (machine.Image, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return io.NewSectionReader(f, 0, st.Size()), nil
+}
+
+// waitLegacyIdle waits until no legacy inventory entry has been touched for
+// idle, after at least one has been.
+func waitLegacyIdle(ctx context.Context, m *machine.Machine, idle time.Duration) error {
+	tick := time.NewTicker(min(idle/4, 250*time.Millisecond))
+	defer tick.Stop()
+	for {
+		var last time.Time
+		for _, b := range m.Buses() {
+			for _, s := range b.Stats() {
+				if s.Entry.Class == inventory.Legacy && s.Last.After(last) {
+					last = s.Last
+				}
+			}
+		}
+		if !last.IsZero() && time.Since(last) >= idle {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the legacy devices to be idle for %v (last access %v): %w", idle, last.Format(time.TimeOnly), context.Cause(ctx))
+		}
+	}
+}
+
+// writeMemory writes each RAM region to its own file, leaving holes for
+// zero pages.
+func writeMemory(dir string, g *memory.Guest) error {
+	regions, maps := g.Regions()
+	for i := range regions {
+		name := filepath.Join(dir, fmt.Sprintf(memoryFile, i))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		err = writeSparse(f, maps[i])
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write guest memory to %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func writeSparse(f *os.File, mem []byte) error {
+	if err := f.Truncate(int64(len(mem))); err != nil {
+		return err
+	}
+	const page = memory.PageSize
+	for off := 0; off < len(mem); off += page {
+		p := mem[off : off+page]
+		if isZero(p) {
+			continue
+		}
+		if _, err := f.WriteAt(p, int64(off)); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+var zeroPage [memory.PageSize]byte
+
+func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:len(p)]) }
+
+// writeFileAtomic writes b to path through a temporary file and a rename.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
