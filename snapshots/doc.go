@@ -48,7 +48,8 @@
 // The manifest is the encoding/json encoding of [Manifest], and readers
 // re-encode what they decoded and require the same bytes, so one manifest has
 // exactly one signed form (no duplicate keys, unknown fields or alternative
-// spellings). Blobs are listed sorted by name; their byte ranges may not
+// spellings). Because unknown fields are refused, adding a manifest field
+// needs a new major version. Blobs are listed sorted by name; their byte ranges may not
 // overlap each other, the header, the manifest or the signature, and the file
 // ends where the last of them ends.
 //
