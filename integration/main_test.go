@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,8 +45,9 @@ func prepareGuest() error {
 		}
 		os.Setenv(envKernel, k)
 	}
-	if benchmarking() && os.Getenv("BUNKERBUILD_BIN") == "" {
-		// The benchmark runs the VMM as its own process, as it ships.
+	if os.Getenv("BUNKERBUILD_BIN") == "" {
+		// The benchmark and the build test run the VMM as its own
+		// process, as it ships.
 		// It lives in the cache, which the lab shares with L1.
 		dir := filepath.Join(cache, "bench")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -69,16 +69,6 @@ func prepareGuest() error {
 		os.Setenv(envInitrd, i)
 	}
 	return nil
-}
-
-// benchmarking reports whether go test was asked to run benchmarks.
-func benchmarking() bool {
-	for _, a := range os.Args[1:] {
-		if strings.HasPrefix(a, "-test.bench=") && a != "-test.bench=" {
-			return true
-		}
-	}
-	return false
 }
 
 // defaultGuest returns the default guest's kernel and initramfs.
