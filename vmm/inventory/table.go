@@ -56,8 +56,8 @@ var table = []Entry{
 		Why: "16550A console; extraneous, offered as the boot console and as an explicit opt-in"},
 	{ID: ELCR, Space: SpacePIO, Base: 0x4d0, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
 		Why: "8259 edge/level control"},
-	{ID: ACPIEvt, Space: SpacePIO, Base: 0x600, Size: 4, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: 9,
-		Why: "ACPI PM1a event block named by the FADT"},
+	{ID: ACPIEvt, Space: SpacePIO, Base: 0x600, Size: 4, Class: Legacy, Owner: "acpi-pm", Profiles: Full, IRQ: 9,
+		Why: "ACPI PM1a event block: fixed-event setup while ACPI starts; a booted guest needs it only for power-button events, which production never sends"},
 	{ID: ACPICnt, Space: SpacePIO, Base: 0x604, Size: 2, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: -1,
 		Why: "ACPI PM1a control block: guest power-off (S5)"},
 

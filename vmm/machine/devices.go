@@ -103,7 +103,6 @@ func (m *Machine) requiredDevices(devs deviceSet) {
 		Sleep:    func(t uint8) { m.cfg.Log.Printf("acpi: guest asked for sleep type %d, ignored", t) },
 	})
 	m.pm = pm
-	devs[inventory.ACPIEvt] = pm.Event()
 	devs[inventory.ACPICnt] = pm.Control()
 }
 

@@ -28,6 +28,10 @@ func (m *Machine) legacyDevices(devs deviceSet) error {
 		m.close = append(m.close, rtc.Close)
 		devs[inventory.CMOS] = rtc
 	}
+	if m.offers(inventory.ACPIEvt) {
+		// The PM1 event block of the (required) ACPI PM device.
+		devs[inventory.ACPIEvt] = m.pm.Event()
+	}
 	if m.offers(inventory.POST) {
 		devs[inventory.POST] = post.New()
 	}

@@ -179,6 +179,9 @@ func (m *Machine) checkQuiescent() error {
 			return &NotQuiescentError{Device: "i8042", Reason: why}
 		}
 	}
+	if pm := m.pm.State(); m.offers(inventory.ACPIEvt) && pm.Status&pm.Enable != 0 {
+		return &NotQuiescentError{Device: "ACPI PM1 event block", Reason: fmt.Sprintf("enabled events pending (PM1_STS %#04x, PM1_EN %#04x)", pm.Status, pm.Enable)}
+	}
 	if !m.offers(inventory.KernelPIC) {
 		return nil
 	}
