@@ -20,7 +20,7 @@ import (
 )
 
 // TestBuildAndResume runs `bunkerbuild build` on a recipe for the default
-// guest, then resumes the signed artifact on the minimal VMM and uses the
+// guest, its boot stage in the sandbox, then resumes the signed artifact on the minimal VMM and uses the
 // guest; a tampered copy of the artifact is refused.
 func TestBuildAndResume(t *testing.T) {
 	kvmtest.Require(t)
@@ -53,7 +53,7 @@ output:
 	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	build := exec.CommandContext(ctx, os.Getenv("BUNKERBUILD_BIN"), "build", "--no-isolate", recipeFile)
+	build := exec.CommandContext(ctx, os.Getenv("BUNKERBUILD_BIN"), "build", recipeFile)
 	out, err := build.CombinedOutput()
 	t.Logf("bunkerbuild build:\n%s", out)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/bunkerbuild/bunkerbuild/pipeline/isolate"
 )
 
 // Exit statuses of bunkerbuild. A guest's poweroff is success.
@@ -20,6 +22,9 @@ const (
 )
 
 func main() {
+	// The boot stage re-executes this binary inside its sandbox; Init
+	// finishes entering it there and returns at once everywhere else.
+	isolate.Init()
 	app := &cli.App{
 		Name:  "bunkerbuild",
 		Usage: "boot legacy guests once, run them on a minimal VMM",
