@@ -135,7 +135,10 @@ func resumeCommand() *cli.Command {
 				}
 				return m, err
 			}
-			return runInteractiveWith(c.Context, cfg, create, c.Bool("report"))
+			// The minimal VMM has no firmware and no legacy devices: a guest
+			// that reboots cannot boot again here.
+			needsBoot := cli.Exit("the guest rebooted: a resumed guest cannot boot again on the minimal VMM; boot it through the pipeline again with bunkerbuild build", exitNeedsBoot)
+			return runConsole(c.Context, cfg, create, c.Bool("report"), needsBoot)
 		},
 	}
 }

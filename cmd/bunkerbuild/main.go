@@ -19,6 +19,9 @@ const (
 	exitUsage    = 2
 	exitReboot   = 3
 	exitStopped  = 4
+	// exitNeedsBoot: a resumed guest rebooted; it can only boot again
+	// through the pipeline, on the full profile.
+	exitNeedsBoot = 5
 )
 
 func main() {
@@ -29,7 +32,7 @@ func main() {
 		Name:  "bunkerbuild",
 		Usage: "boot legacy guests once, run them on a minimal VMM",
 		Description: "Exit status: 0 guest powered off, 1 VMM error, 2 bad input, " +
-			"3 guest rebooted, 4 stopped by the user or a signal.",
+			"3 guest rebooted, 4 stopped by the user or a signal, 5 a resumed guest rebooted and needs a fresh build.",
 		Commands: []*cli.Command{
 			runCommand(),
 			guestCommand(),

@@ -129,6 +129,12 @@ func runInteractive(ctx context.Context, cfg machine.Config, report bool) error 
 // runInteractiveWith is runInteractive with the machine made by create
 // (machine.New, or a restore).
 func runInteractiveWith(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), report bool) error {
+	return runConsole(ctx, cfg, create, report, cli.Exit("guest rebooted", exitReboot))
+}
+
+// runConsole runs the machine create makes with the console on this
+// terminal; onReboot is returned when the guest reboots.
+func runConsole(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), report bool, onReboot error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	quit := make(chan struct{}, 1)
@@ -152,10 +158,10 @@ func runInteractiveWith(ctx context.Context, cfg machine.Config, create func(mac
 		case <-ctx.Done():
 		}
 	}()
-	return boot(ctx, cfg, create, quit, report)
+	return boot(ctx, cfg, create, quit, report, onReboot)
 }
 
-func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), quit <-chan struct{}, report bool) error {
+func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), quit <-chan struct{}, report bool, onReboot error) error {
 	m, err := create(cfg)
 	if err != nil {
 		if errors.Is(err, machine.ErrInvalid) {
@@ -176,7 +182,7 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	case machine.ExitPoweroff:
 		return nil
 	case machine.ExitReboot:
-		return cli.Exit("guest rebooted", exitReboot)
+		return onReboot
 	}
 	select {
 	case <-quit:
