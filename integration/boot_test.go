@@ -98,12 +98,8 @@ func TestBootMinimalProfile(t *testing.T) {
 	// The guest probed the legacy devices it did not get; the VMM counted
 	// the denied accesses and served none of them.
 	denied := map[uint64]bool{}
+	checkNoLegacy(t, s.Machine)
 	for _, b := range s.Machine.Buses() {
-		for _, st := range b.Stats() {
-			if st.Entry.Class == inventory.Legacy {
-				t.Errorf("minimal machine serves legacy entry %v", st.Entry)
-			}
-		}
 		if b.Space() == inventory.SpacePIO {
 			for _, st := range b.Denied() {
 				denied[st.Addr] = true
@@ -124,7 +120,6 @@ func checkGuest(t *testing.T, ctx context.Context, s *session.Session, mem uint6
 		t.Errorf("online CPUs = %q, want 0-1", got)
 	}
 	in := info(t, ctx, s)
-	hostNow := time.Now()
 	if in["cpus"] != "2" {
 		t.Errorf("bunkerguest info: cpus=%q, want 2", in["cpus"])
 	}
@@ -137,24 +132,8 @@ func checkGuest(t *testing.T, ctx context.Context, s *session.Session, mem uint6
 	if kib > mem>>10 || kib < (mem-64<<20)>>10 {
 		t.Errorf("MemTotal = %d KiB, want between %d and %d", kib, (mem-64<<20)>>10, mem>>10)
 	}
-	secs, err := strconv.ParseInt(in["unix_time"], 10, 64)
-	if err != nil {
-		t.Fatalf("bunkerguest info: unix_time=%q: %v", in["unix_time"], err)
-	}
-	if d := hostNow.Sub(time.Unix(secs, 0)); d < -5*time.Second || d > 5*time.Second {
-		t.Errorf("guest clock is %v off the host's", d)
-	}
-
-	if err := s.Console.Send("poweroff\n"); err != nil {
-		t.Fatal(err)
-	}
-	exit, err := s.Wait(ctx)
-	if err != nil {
-		t.Fatalf("after poweroff: %v", err)
-	}
-	if exit != machine.ExitPoweroff {
-		t.Fatalf("guest poweroff ended the VMM with %v, want poweroff", exit)
-	}
+	checkClock(t, in, "after boot")
+	powerOff(t, ctx, s)
 }
 
 func TestRebootEndsVMM(t *testing.T) {
@@ -170,5 +149,54 @@ func TestRebootEndsVMM(t *testing.T) {
 	}
 	if exit != machine.ExitReboot {
 		t.Fatalf("guest reboot ended the VMM with %v, want reboot", exit)
+	}
+}
+
+// checkResumedGuest checks a guest after a resume: its CPUs, its wall
+// clock, and that the minimal machine serves no legacy entry; then it
+// powers the guest off.
+func checkResumedGuest(t *testing.T, ctx context.Context, r *session.Session, cpus int) {
+	t.Helper()
+	in := info(t, ctx, r)
+	if in["cpus"] != strconv.Itoa(cpus) {
+		t.Errorf("after resume: cpus=%q, want %d", in["cpus"], cpus)
+	}
+	checkClock(t, in, "after resume")
+	checkNoLegacy(t, r.Machine)
+	powerOff(t, ctx, r)
+}
+
+// checkClock checks bunkerguest info's unix_time against the host's clock.
+func checkClock(t *testing.T, in map[string]string, when string) {
+	t.Helper()
+	secs, err := strconv.ParseInt(in["unix_time"], 10, 64)
+	if err != nil {
+		t.Fatalf("bunkerguest info: unix_time=%q: %v", in["unix_time"], err)
+	}
+	if d := time.Since(time.Unix(secs, 0)); d < -5*time.Second || d > 5*time.Second {
+		t.Errorf("%s the guest clock is %v off the host's", when, d)
+	}
+}
+
+// checkNoLegacy checks that a machine serves no legacy inventory entry.
+func checkNoLegacy(t *testing.T, m *machine.Machine) {
+	t.Helper()
+	for _, b := range m.Buses() {
+		for _, st := range b.Stats() {
+			if st.Entry.Class == inventory.Legacy {
+				t.Errorf("minimal machine serves legacy entry %v", st.Entry)
+			}
+		}
+	}
+}
+
+// powerOff powers the guest off and checks that the VMM ended with it.
+func powerOff(t *testing.T, ctx context.Context, s *session.Session) {
+	t.Helper()
+	if err := s.Console.Send("poweroff\n"); err != nil {
+		t.Fatal(err)
+	}
+	if exit, err := s.Wait(ctx); err != nil || exit != machine.ExitPoweroff {
+		t.Fatalf("after poweroff: %v, %v; want poweroff", exit, err)
 	}
 }
