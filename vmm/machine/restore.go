@@ -15,7 +15,7 @@ import (
 // State carries the userspace IOAPIC's registers, and the legacy devices'
 // state was dropped at capture.
 func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine, err error) {
-	if err := checkState(st); err != nil {
+	if err := st.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	cfg.CPUs, cfg.Memory = st.CPUs, st.Memory
@@ -64,8 +64,8 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	return m, nil
 }
 
-// checkState bounds an untrusted State before it reaches KVM.
-func checkState(st *State) error {
+// Validate bounds an untrusted State before it reaches KVM.
+func (st *State) Validate() error {
 	switch {
 	case st == nil:
 		return errors.New("no machine state")
@@ -74,9 +74,20 @@ func checkState(st *State) error {
 	case st.CPUs < 1 || st.CPUs > MaxCPUs || len(st.VCPUs) != st.CPUs:
 		return fmt.Errorf("machine state has %d vCPUs and %d vCPU states", st.CPUs, len(st.VCPUs))
 	}
+	if st.Memory < memory.MinSize || st.Memory > memory.MaxSize || st.Memory%memory.PageSize != 0 {
+		return fmt.Errorf("machine state has %d bytes of memory", st.Memory)
+	}
 	for i, v := range st.VCPUs {
 		if len(v.CPUID) == 0 || len(v.CPUID) > 256 || len(v.MSRs) > 1024 || len(v.XSave) < 4096 || len(v.XSave) > 1<<20 {
 			return fmt.Errorf("vCPU %d state: %d CPUID entries, %d MSRs, %d XSAVE bytes: out of bounds", i, len(v.CPUID), len(v.MSRs), len(v.XSave))
+		}
+		if v.MPState > kvm.MPStateSIPIReceived {
+			return fmt.Errorf("vCPU %d state: MP state %d", i, v.MPState)
+		}
+	}
+	for pin, r := range st.IOAPIC.Redir {
+		if r&0xff < 0x10 && r&(1<<16) == 0 {
+			return fmt.Errorf("IOAPIC pin %d: unmasked with reserved vector %#x", pin, r&0xff)
 		}
 	}
 	return nil

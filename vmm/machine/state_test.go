@@ -1,0 +1,70 @@
+package machine
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
+)
+
+func validState() *State {
+	v := VCPUState{MPState: kvm.MPStateRunnable, XSave: make([]byte, 4096), CPUID: []kvm.CPUIDEntry{{Function: 0}}}
+	v.Sregs.CR0 = 1<<31 | 1
+	v.Sregs.EFER = 1<<10 | 1<<8
+	st := &State{Version: StateVersion, CPUs: 2, Memory: 512 << 20, VCPUs: []VCPUState{v, v}}
+	for i := range st.IOAPIC.Redir {
+		st.IOAPIC.Redir[i] = 1 << 16
+	}
+	return st
+}
+
+func TestValidateState(t *testing.T) {
+	if err := validState().Validate(); err != nil {
+		t.Fatalf("valid state refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*State)
+		want   string
+	}{
+		{"version", func(s *State) { s.Version = 9 }, "version"},
+		{"vcpu count", func(s *State) { s.CPUs = 3 }, "vCPU"},
+		{"no vcpus", func(s *State) { s.CPUs, s.VCPUs = 0, nil }, "vCPU"},
+		{"memory", func(s *State) { s.Memory = 12345 }, "memory"},
+		{"huge memory", func(s *State) { s.Memory = 1 << 50 }, "memory"},
+		{"short xsave", func(s *State) { s.VCPUs[1].XSave = nil }, "XSAVE"},
+		{"no cpuid", func(s *State) { s.VCPUs[0].CPUID = nil }, "CPUID"},
+		{"mp state", func(s *State) { s.VCPUs[0].MPState = 77 }, "MP state"},
+		{"ioapic vector", func(s *State) { s.IOAPIC.Redir[4] = 0x05 }, "IOAPIC"},
+	} {
+		s := validState()
+		tc.mutate(s)
+		err := s.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Validate = %v, want an error about %q", tc.name, err, tc.want)
+		}
+	}
+	var nilState *State
+	if err := nilState.Validate(); err == nil {
+		t.Error("nil state accepted")
+	}
+}
+
+// FuzzStateValidate feeds mutated state blobs, as an artifact carries them,
+// to the decoder and the validator that run before Restore touches KVM.
+func FuzzStateValidate(f *testing.F) {
+	b, err := json.Marshal(validState())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte(`{"version":1,"cpus":1,"memory":67108864,"vcpus":[{}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var st State
+		if json.Unmarshal(data, &st) != nil {
+			return
+		}
+		_ = st.Validate()
+	})
+}
