@@ -56,6 +56,7 @@ func prepareGuest() error {
 		bin := filepath.Join(dir, "bunkerbuild")
 		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/bunkerbuild/bunkerbuild/cmd/bunkerbuild")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as shipped
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("build the VMM for the benchmark: %w", err)
 		}
