@@ -10,6 +10,7 @@ import (
 	"io"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -114,14 +115,20 @@ func (c *Console) Run(ctx context.Context, cmd string) (string, int, error) {
 	if err := c.Send(typed); err != nil {
 		return "", 0, err
 	}
-	re := regexp.MustCompile(`(?s)` + regexp.QuoteMeta(begin) + `\r?\n(.*?)` + regexp.QuoteMeta(end) + `:(\d+)`)
+	// Kernel messages can land anywhere on a serial console, even right
+	// after a marker: tolerate them there and drop them from the output.
+	re := regexp.MustCompile(`(?s)` + regexp.QuoteMeta(begin) + `[^\n]*\n(.*?)` + regexp.QuoteMeta(end) + `:(\d+)`)
 	m, err := c.Expect(ctx, re)
 	if err != nil {
 		return "", 0, fmt.Errorf("run %q: %w", cmd, err)
 	}
 	status, _ := strconv.Atoi(m[2])
-	return string(bytes.ReplaceAll([]byte(m[1]), []byte("\r\n"), []byte("\n"))), status, nil
+	out := kernelLine.ReplaceAllString(m[1], "")
+	return strings.ReplaceAll(out, "\r\n", "\n"), status, nil
 }
+
+// kernelLine matches a kernel log line as printk writes it to a console.
+var kernelLine = regexp.MustCompile(`(?m)^\[\s*\d+\.\d+\] [^\n]*\n`)
 
 // quoteSplit writes s so that the shell prints s but the typed text does
 // not contain it: "BB-END-1" becomes "BB-EN""D-1".

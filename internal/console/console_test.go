@@ -25,7 +25,7 @@ func fakeShell(t *testing.T, in io.Reader, out io.Writer) {
 				arg = strings.ReplaceAll(arg, "$?", "3")
 				fmt.Fprintf(out, "%s\r\n", arg)
 			case part == "greet":
-				fmt.Fprint(out, "hello\r\nworld\r\n")
+				fmt.Fprint(out, "hello\r\n[   20.303278] clocksource: switched\r\nworld\r\n")
 			}
 		}
 	}
