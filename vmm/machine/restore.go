@@ -3,7 +3,6 @@ package machine
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
@@ -53,7 +52,7 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	if m.uart != nil && st.Serial != nil {
 		m.uart.SetState(*st.Serial)
 	}
-	if err = m.createVCPUs(nil, advanceTSC(st, time.Now())); err != nil {
+	if err = m.createVCPUs(nil, st.VCPUs); err != nil {
 		return nil, err
 	}
 	for _, v := range m.cpus {
@@ -124,36 +123,6 @@ func restoreVCPU(c *kvm.VCPU, s *VCPUState) error {
 		return err
 	}
 	return c.SetVCPUEvents(s.Events)
-}
-
-// msrTSC is IA32_TIME_STAMP_COUNTER.
-const msrTSC = 0x10
-
-// advanceTSC returns the vCPU states with each TSC moved on by the time
-// since capture, as kvmclock is (restoreClock): a guest whose TSC stood
-// still while its kvmclock jumped would find the TSC unstable. States
-// without a realtime stamp are returned unchanged.
-func advanceTSC(st *State, now time.Time) []VCPUState {
-	if st.Clock.Flags&kvm.ClockRealtime == 0 {
-		return st.VCPUs
-	}
-	elapsed := now.UnixNano() - int64(st.Clock.Realtime)
-	if elapsed <= 0 {
-		return st.VCPUs
-	}
-	out := make([]VCPUState, len(st.VCPUs))
-	for i, v := range st.VCPUs {
-		v.MSRs = append([]kvm.MSREntry(nil), v.MSRs...)
-		for j := range v.MSRs {
-			if v.MSRs[j].Index == msrTSC {
-				// ticks = ns × kHz / 10⁶, split to stay within 64 bits.
-				ns, khz := uint64(elapsed), uint64(v.TSCKHz)
-				v.MSRs[j].Data += ns/1e6*khz + ns%1e6*khz/1e6
-			}
-		}
-		out[i] = v
-	}
-	return out
 }
 
 // restoreClock sets kvmclock to its captured value, advanced by the

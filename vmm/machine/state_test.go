@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 )
@@ -68,30 +67,4 @@ func FuzzStateValidate(f *testing.F) {
 		}
 		_ = st.Validate()
 	})
-}
-
-func TestAdvanceTSC(t *testing.T) {
-	st := validState()
-	for i := range st.VCPUs {
-		st.VCPUs[i].TSCKHz = 2_000_000 // 2 GHz
-		st.VCPUs[i].MSRs = []kvm.MSREntry{{Index: msrTSC, Data: 1000}, {Index: 0x1b, Data: 7}}
-	}
-	captured := time.Unix(100, 0)
-	st.Clock = kvm.ClockData{Flags: kvm.ClockRealtime, Realtime: uint64(captured.UnixNano())}
-	out := advanceTSC(st, captured.Add(3*time.Second))
-	for i, v := range out {
-		if got := v.MSRs[0].Data; got != 1000+6_000_000_000 {
-			t.Errorf("vCPU %d: TSC %d, want %d", i, got, 1000+6_000_000_000)
-		}
-		if v.MSRs[1].Data != 7 {
-			t.Errorf("vCPU %d: another MSR changed", i)
-		}
-	}
-	if st.VCPUs[0].MSRs[0].Data != 1000 {
-		t.Error("advanceTSC changed the captured state")
-	}
-	st.Clock.Flags = 0
-	if out := advanceTSC(st, captured.Add(time.Hour)); out[0].MSRs[0].Data != 1000 {
-		t.Error("TSC advanced without a realtime stamp")
-	}
 }
