@@ -39,7 +39,7 @@ func TestSurface(t *testing.T) {
 	live := map[inventory.Profile]int{}
 	for _, p := range []inventory.Profile{inventory.Full, inventory.Minimal} {
 		t.Run(p.String(), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			cfg := machine.Config{Profile: p, Memory: 512 << 20, CPUs: 1, SerialConsole: true}
 			s := boot(t, ctx, cfg)
