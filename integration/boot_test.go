@@ -16,6 +16,9 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
+// shellPrompt is the default guest's shell prompt at the start of a line.
+var shellPrompt = regexp.MustCompile(`(?m)^\$ `)
+
 const guestCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux quiet"
 
 // bootDefault boots the default guest on the full profile and waits for
@@ -47,6 +50,11 @@ func boot(t *testing.T, ctx context.Context, cfg machine.Config) *session.Sessio
 	// The default guest's init runs "bunkerguest info" before the shell.
 	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`cpus=\d+`)); err != nil {
 		t.Fatalf("guest did not reach userspace: %v", err)
+	}
+	// Type only once the shell shows its prompt: a line typed while init
+	// hands the console from bunkerguest to the shell can be lost.
+	if _, err := s.Console.Expect(ctx, shellPrompt); err != nil {
+		t.Fatalf("no shell prompt: %v", err)
 	}
 	if _, status, err := s.Console.Run(ctx, "true"); err != nil || status != 0 {
 		t.Fatalf("guest shell does not answer: status %d, %v", status, err)

@@ -96,6 +96,11 @@ func demo(c *cli.Context) error {
 	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`cpus=\d+`)); err != nil {
 		return fmt.Errorf("the guest did not reach userspace: %w", err)
 	}
+	// Type only once the shell shows its prompt: a line typed while init
+	// hands the console to the shell can be lost.
+	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`(?m)^\$ `)); err != nil {
+		return fmt.Errorf("no shell prompt: %w", err)
+	}
 	step("guest userspace up after %v", time.Since(start).Round(time.Millisecond))
 	out, status, err := s.Console.Run(ctx, c.String("command"))
 	if err != nil {
