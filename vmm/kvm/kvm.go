@@ -433,22 +433,14 @@ func (c *VCPU) CPUID() ([]CPUIDEntry, error) {
 
 // MSRs reads the given MSRs.
 func (c *VCPU) MSRs(indices []uint32) ([]MSREntry, error) {
-	if len(indices) > maxMSRs {
-		return nil, fmt.Errorf("KVM_GET_MSRS on vCPU %d: %d MSRs, at most %d", c.ID, len(indices), maxMSRs)
-	}
-	var m msrs
-	m.NMSRs = uint32(len(indices))
-	for i, idx := range indices {
-		m.Entries[i].Index = idx
-	}
-	n, err := ioctlVar(c.fd, reqGetMSRs, &m)
+	got, n, err := c.MSRsPartial(indices)
 	if err != nil {
-		return nil, fmt.Errorf("KVM_GET_MSRS on vCPU %d: %w", c.ID, err)
+		return nil, err
 	}
-	if int(n) != len(indices) {
+	if n != len(indices) {
 		return nil, fmt.Errorf("KVM_GET_MSRS on vCPU %d: read %d of %d MSRs; MSR %#x failed", c.ID, n, len(indices), indices[n])
 	}
-	return append([]MSREntry(nil), m.Entries[:n]...), nil
+	return got, nil
 }
 
 // MSRsPartial reads MSRs until KVM refuses one: it returns those read and
