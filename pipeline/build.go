@@ -9,13 +9,17 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/guestimage"
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/recipe"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
+	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
@@ -52,8 +56,6 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	switch {
 	case r.Guest.Disk != "":
 		return "", r.Errorf("guest.disk", "booting from a disk image is not supported yet")
-	case r.Booted.GuestSignal:
-		return "", r.Errorf("booted.guest-signal", "the guest-signal condition is not supported yet; use console or legacy-idle")
 	}
 	// Load the key before booting anything: a missing key should not cost a boot.
 	key, err := snapshots.LoadPrivateKey(r.Output.SigningKey)
@@ -84,8 +86,12 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	defer os.RemoveAll(dir)
 	spec := StageSpec{Kernel: kernel, Initrd: initrd, Cmdline: r.Guest.Cmdline, Memory: r.Machine.Memory, CPUs: r.Machine.CPUs,
 		LegacyIdle: r.Booted.LegacyIdle, Settle: r.Booted.Settle, Timeout: r.Booted.Timeout}
-	if r.Booted.Console != nil {
+	switch {
+	case r.Booted.Console != nil:
 		spec.Console = r.Booted.Console.String()
+	case r.Booted.GuestSignal:
+		// The guest tool's signal is a line on the console.
+		spec.Console = `(^|\s)` + regexp.QuoteMeta(guestproto.ReadyLine) + `\s*$`
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -106,19 +112,57 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	p.step("booted and captured in %v", time.Since(bootStart).Round(time.Millisecond))
 
 	p.stage("sign", "writing %s", r.Output.Path)
-	md := snapshots.Metadata{Profile: inventory.Full.String(), VCPUs: r.Machine.CPUs, Recipe: r.Name,
-		BuilderVersion: o.Version, Created: time.Now(),
-		Labels: map[string]string{"resume-profile": inventory.Minimal.String()}}
-	if err := writeArtifact(dir, r.Output.Path, r.Machine.Memory, r.Machine.CPUs, md, key); err != nil {
+	cfg := snapshots.Config{Created: time.Now().UTC(), BuilderVersion: o.Version,
+		BootProfile: inventory.Full.String(), ResumeProfile: inventory.Minimal.String(),
+		InventoryDigest: digest.Digest(inventory.Digest()), VCPUs: r.Machine.CPUs}
+	if cfg.Recipe, err = source(r.File, r.Name, ""); err != nil {
 		return "", err
 	}
-	st, err := os.Stat(r.Output.Path)
+	if cfg.Kernel, err = source(kernel, filepath.Base(kernel), kernelRelease(kernel)); err != nil {
+		return "", err
+	}
+	if initrd != "" {
+		if cfg.Initrd, err = source(initrd, filepath.Base(initrd), ""); err != nil {
+			return "", err
+		}
+	}
+	sum, err := writeArtifact(ctx, dir, r.Output.Path, r.Machine.Memory, cfg, key)
 	if err != nil {
 		return "", err
 	}
-	p.step("signed with key %s; %d MiB on disk for %d MiB of guest memory", snapshots.KeyID(key.Public().(ed25519.PublicKey)), st.Size()>>20, r.Machine.Memory>>20)
+	p.step("signed with key %s: manifest %s", snapshots.KeyID(key.Public().(ed25519.PublicKey)), sum.Manifest)
+	p.step("%d MiB of blobs for %d MiB of guest memory (%d MiB non-zero; %d chunks, %d raw)",
+		sum.Bytes>>20, sum.MemoryBytes>>20, sum.StoredPages*snapshots.PageSize>>20, sum.Chunks, sum.RawChunks)
 	p.done("built %s in %v", r.Output.Path, time.Since(start).Round(time.Millisecond))
 	return r.Output.Path, nil
+}
+
+// source identifies a build input by its contents.
+func source(path, name, release string) (*snapshots.Source, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, err := digest.SHA256.FromReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return &snapshots.Source{Name: name, Release: release, Digest: d}, nil
+}
+
+// kernelRelease returns the version string of a bzImage, or "".
+func kernelRelease(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h, err := linux.ParseHeader(f)
+	if err != nil {
+		return ""
+	}
+	return h.KernelVersion
 }
 
 func resolveGuest(ctx context.Context, r *recipe.Recipe, cache string, p *progress) (kernel, initrd string, err error) {
@@ -161,43 +205,38 @@ func consoleTail(dir string) string {
 // writeArtifact turns the boot stage's output in dir into a signed
 // artifact. The stage's files are untrusted: their sizes are checked
 // against the recipe before anything is read.
-func writeArtifact(dir, out string, memSize uint64, cpus int, md snapshots.Metadata, key ed25519.PrivateKey) (err error) {
+func writeArtifact(ctx context.Context, dir, out string, memSize uint64, cfg snapshots.Config, key ed25519.PrivateKey) (*snapshots.Written, error) {
 	stateJSON, err := readBounded(filepath.Join(dir, StateFile), maxStateSize)
 	if err != nil {
-		return fmt.Errorf("boot stage output: %w", err)
+		return nil, fmt.Errorf("boot stage output: %w", err)
 	}
 	var st machine.State
 	if err := json.Unmarshal(stateJSON, &st); err != nil {
-		return fmt.Errorf("boot stage output %s: %w", StateFile, err)
+		return nil, fmt.Errorf("boot stage output %s: %w", StateFile, err)
 	}
-	if st.Memory != memSize || st.CPUs != cpus || len(st.VCPUs) != cpus {
-		return fmt.Errorf("boot stage output %s: %d vCPUs and %d bytes of memory, the recipe has %d and %d", StateFile, len(st.VCPUs), st.Memory, cpus, memSize)
+	if st.Memory != memSize || st.CPUs != cfg.VCPUs || len(st.VCPUs) != cfg.VCPUs {
+		return nil, fmt.Errorf("boot stage output %s: %d vCPUs and %d bytes of memory, the recipe has %d and %d", StateFile, len(st.VCPUs), st.Memory, cfg.VCPUs, memSize)
 	}
-	var regions []snapshots.MemRegion
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("boot stage output %s: %w", StateFile, err)
+	}
+	for _, e := range st.VCPUs[0].CPUID {
+		cfg.CPUID = append(cfg.CPUID, snapshots.CPUIDEntry{Function: e.Function, Index: e.Index, Flags: e.Flags,
+			EAX: e.EAX, EBX: e.EBX, ECX: e.ECX, EDX: e.EDX})
+	}
+	c := snapshots.Contents{Config: cfg}
+	if c.VCPUState, c.DeviceState, err = st.MarshalLayers(); err != nil {
+		return nil, err
+	}
 	for i, r := range memory.Regions(memSize) {
 		data, unmap, err := mapFile(filepath.Join(dir, fmt.Sprintf(memoryFile, i)), r.Size)
 		if err != nil {
-			return fmt.Errorf("boot stage output: %w", err)
+			return nil, fmt.Errorf("boot stage output: %w", err)
 		}
 		defer unmap()
-		regions = append(regions, snapshots.MemRegion{GPA: r.GPA, Data: data})
+		c.Memory = append(c.Memory, snapshots.MemRegion{GPA: r.GPA, Data: data})
 	}
-	w, err := snapshots.Create(out, md)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			w.Abort()
-		}
-	}()
-	if err = w.AddBlob(StateBlob, stateJSON); err != nil {
-		return err
-	}
-	if err = w.AddMemory(regions); err != nil {
-		return err
-	}
-	return w.Commit(key)
+	return snapshots.Write(ctx, out, c, key)
 }
 
 func readBounded(path string, max int64) ([]byte, error) {
@@ -236,4 +275,3 @@ func mapFile(path string, size uint64) ([]byte, func(), error) {
 	}
 	return b, func() { unix.Munmap(b) }, nil
 }
-

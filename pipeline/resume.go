@@ -2,8 +2,9 @@ package pipeline
 
 import (
 	"crypto/ed25519"
-	"encoding/json"
 	"fmt"
+	"os"
+	"time"
 
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
@@ -11,37 +12,65 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
 )
 
+// Resumed is a guest restored from an artifact, ready to run.
+type Resumed struct {
+	Machine *machine.Machine
+	Digest  string           // the artifact's manifest digest
+	Config  snapshots.Config // the artifact's verified config
+
+	// Verify is the time spent checking the signature and every digest,
+	// Restore the time from then until the machine was ready to run.
+	Verify, Restore time.Duration
+}
+
 // Resume verifies the artifact at path against pub and restores its guest
 // on the minimal VMM that cfg describes (its policy, console and log; the
 // profile is always minimal, and the vCPUs and memory are the artifact's).
-// Nothing from the artifact reaches KVM before the signature and the
-// digest of each part have been checked.
-func Resume(path string, pub ed25519.PublicKey, cfg machine.Config) (*machine.Machine, snapshots.Manifest, error) {
+// Nothing from the artifact is mapped or reaches KVM before the signature
+// and the digest of every blob have been checked. Raw memory chunks are
+// mapped copy-on-write from the artifact's files, so that guests resumed
+// from one artifact share the pages they have not written.
+func Resume(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, error) {
+	start := time.Now()
 	a, err := snapshots.Open(path, pub)
 	if err != nil {
-		return nil, snapshots.Manifest{}, err
+		return nil, err
 	}
 	defer a.Close()
-	man := a.Manifest()
-	b, err := a.Blob(StateBlob)
+	if err := a.Verify(); err != nil {
+		return nil, err
+	}
+	res := &Resumed{Digest: a.Digest().String(), Config: a.Config(), Verify: time.Since(start)}
+	if p := res.Config.ResumeProfile; p != inventory.Minimal.String() {
+		return nil, fmt.Errorf("artifact %s resumes on profile %q; this VMM resumes on %q", path, p, inventory.Minimal)
+	}
+	vcpus, err := a.VCPUState()
 	if err != nil {
-		return nil, man, err
+		return nil, err
 	}
-	var st machine.State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, man, fmt.Errorf("artifact %s: blob %q: %w", path, StateBlob, err)
+	devices, err := a.DeviceState()
+	if err != nil {
+		return nil, err
 	}
-	if got := man.MemorySize(); got != st.Memory || man.VCPUs != st.CPUs {
-		return nil, man, fmt.Errorf("artifact %s: manifest says %d vCPUs and %d bytes of memory, the machine state %d and %d", path, man.VCPUs, got, st.CPUs, st.Memory)
+	st, err := machine.UnmarshalLayers(vcpus, devices)
+	if err != nil {
+		return nil, fmt.Errorf("artifact %s: %w", path, err)
+	}
+	if got := res.Config.Memory.Size(); got != st.Memory || res.Config.VCPUs != st.CPUs {
+		return nil, fmt.Errorf("artifact %s: the config says %d vCPUs and %d bytes of memory, the machine state %d and %d", path, res.Config.VCPUs, got, st.CPUs, st.Memory)
 	}
 	cfg.Profile = inventory.Minimal
-	m, err := machine.Restore(cfg, &st, func(g *memory.Guest) error {
+	res.Machine, err = machine.Restore(cfg, st, func(g *memory.Guest) error {
 		regions, maps := g.Regions()
-		var mr []snapshots.MemRegion
+		var dst []snapshots.MemRegion
 		for i, r := range regions {
-			mr = append(mr, snapshots.MemRegion{GPA: r.GPA, Data: maps[i]})
+			dst = append(dst, snapshots.MemRegion{GPA: r.GPA, Data: maps[i]})
 		}
-		return a.RestoreMemory(mr)
+		return a.RestoreMemory(dst, func(gpa, size uint64, f *os.File) error { return g.MapFile(gpa, size, f) })
 	})
-	return m, man, err
+	if err != nil {
+		return nil, err
+	}
+	res.Restore = time.Since(start) - res.Verify
+	return res, nil
 }

@@ -1,174 +1,108 @@
 package snapshots
 
 import (
-	"crypto/ed25519"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
-// Format versions this package writes and reads.
+// Media and artifact types of a snapshot artifact.
 const (
-	MajorVersion = 1
-	MinorVersion = 0
+	// ArtifactType marks the snapshot's image manifest.
+	ArtifactType = "application/vnd.bunkerbuild.snapshot.v2"
+	// MediaTypeConfig is the config blob, the JSON encoding of [Config].
+	MediaTypeConfig = "application/vnd.bunkerbuild.snapshot.config.v2+json"
+	// MediaTypeVCPUState and MediaTypeDeviceState are the first two
+	// layers: the VMM's vCPU state and the state of the devices the
+	// resume profile keeps. The VMM defines their contents.
+	MediaTypeVCPUState   = "application/vnd.bunkerbuild.vcpu-state.v1+json"
+	MediaTypeDeviceState = "application/vnd.bunkerbuild.device-state.v1+json"
+	// MediaTypeMemoryRaw and MediaTypeMemorySparse are memory chunks, one
+	// layer each, in the order of [Memory.Chunks].
+	MediaTypeMemoryRaw    = "application/vnd.bunkerbuild.memory.raw.v1"
+	MediaTypeMemorySparse = "application/vnd.bunkerbuild.memory.sparse.v1"
+
+	// SignatureArtifactType marks a signature manifest: an image manifest
+	// whose subject is the snapshot manifest and whose one layer is an
+	// Ed25519 signature (MediaTypeSignature) over that manifest's digest.
+	SignatureArtifactType = "application/vnd.bunkerbuild.signature.v1"
+	MediaTypeSignature    = "application/vnd.bunkerbuild.signature.ed25519.v1"
+
+	// AnnotationKeyID names the signing key on a signature manifest, for
+	// people; verification does not trust it.
+	AnnotationKeyID = "dev.bunkerbuild.signature.key-id"
+
+	// FormatName and FormatVersion are the config's "format" and "version".
+	FormatName    = "bunkerbuild-snapshot"
+	FormatVersion = 2
+
+	// DefaultTag is the name the snapshot manifest has in index.json.
+	DefaultTag = "latest"
 )
 
-// FormatName is the manifest's "format" field. Because the signature covers
-// the manifest, which starts with it, a signature made by the same key over
-// anything that is not a snapshot manifest does not verify as one.
-const FormatName = "bunkerbuild-snapshot"
-
-// Limits enforced on reading (and writing, so that what is written can be
-// read back).
+// Memory encoding.
 const (
-	MaxManifestSize = 1 << 20  // bytes of manifest JSON
-	MaxBlobs        = 1024     // blobs, the two memory blobs included
-	MaxNameLen      = 128      // bytes of a blob or label name
-	MaxBlobSize     = 64 << 20 // bytes of a blob that [Artifact.Blob] and [Writer.AddBlob] take
+	// PageSize is the granule of the sparse memory encoding.
+	PageSize = 4096
+	// ChunkSize is the span of guest-physical memory one memory layer
+	// covers: regions are cut into chunks at multiples of it from their
+	// start, and chunks of only zero pages are not stored.
+	ChunkSize = 16 << 20
+	// rawThreshold: a chunk with at most 1/rawThreshold of its pages zero
+	// is stored raw (mappable copy-on-write), others sparse.
+	rawThreshold = 16
+)
+
+// Limits enforced on reading, and on writing so that what is written can
+// be read back.
+const (
+	MaxIndexSize    = 64 << 10 // bytes of index.json
+	MaxManifestSize = 1 << 20  // bytes of the snapshot manifest
+	MaxSigManifest  = 16 << 10 // bytes of a signature manifest
+	MaxConfigSize   = 4 << 20  // bytes of the config
+	MaxStateSize    = 64 << 20 // bytes of the vCPU or device state layer
+	MaxIndexEntries = 64       // manifests in index.json
 	MaxRegions      = 64       // guest memory regions
-	MaxMemorySize   = 1 << 40  // bytes of guest memory, all regions together
-	MaxExtents      = 1 << 23  // memory extents: enough for 64 GiB with every other page zero
+	MaxMemorySize   = 1 << 40  // bytes of guest memory
+	MaxChunks       = MaxMemorySize / ChunkSize
 	MaxVCPUs        = 1024
+	MaxCPUIDEntries = 256
 	MaxLabels       = 64
-	MaxTextLen      = 1024 // bytes of a metadata string or label value
+	MaxTextLen      = 1024 // bytes of a config string or label value
+	MaxNameLen      = 128  // bytes of a label key
 )
 
-// PageSize is the granule of the sparse memory encoding.
-const PageSize = 4096
-
-// Reserved blob names for guest memory.
-const (
-	MemoryBlob        = "memory"
-	MemoryExtentsBlob = "memory/extents"
-)
-
-const (
-	magic         = "BUNKSNAP"
-	headerSize    = 64
-	extentSize    = 16
-	signatureSize = ed25519.SignatureSize
-)
-
-// Errors that reading an artifact wraps, for errors.Is.
+// Errors that opening an artifact wraps, for errors.Is.
 var (
 	ErrMalformed = errors.New("malformed")
 	ErrTruncated = errors.New("truncated")
 	ErrVersion   = errors.New("unsupported format version")
 	ErrLimit     = errors.New("limit exceeded")
 	ErrSignature = errors.New("signature does not verify")
+	ErrUnsigned  = errors.New("no signature")
 	ErrDigest    = errors.New("digest mismatch")
 )
 
-// header is the fixed-size start of an artifact file.
-type header struct {
-	major, minor  uint16
-	flags         uint32
-	fileSize      uint64
-	manifestOff   uint64
-	manifestSize  uint64
-	signatureOff  uint64
-	signatureSize uint64
-	reserved      uint64
+// blobPath returns the path of the blob d inside an OCI layout, after
+// checking that d is a well-formed SHA-256 digest: a digest that is not
+// cannot name a file outside blobs/sha256.
+func blobPath(d digest.Digest) (string, error) {
+	if err := checkDigest(d); err != nil {
+		return "", err
+	}
+	return "blobs/sha256/" + d.Encoded(), nil
 }
 
-func (h *header) marshal() []byte {
-	b := make([]byte, headerSize)
-	copy(b, magic)
-	le := binary.LittleEndian
-	le.PutUint16(b[8:], h.major)
-	le.PutUint16(b[10:], h.minor)
-	le.PutUint32(b[12:], h.flags)
-	le.PutUint64(b[16:], h.fileSize)
-	le.PutUint64(b[24:], h.manifestOff)
-	le.PutUint64(b[32:], h.manifestSize)
-	le.PutUint64(b[40:], h.signatureOff)
-	le.PutUint64(b[48:], h.signatureSize)
-	le.PutUint64(b[56:], h.reserved)
-	return b
-}
-
-// parseHeader decodes b, which is headerSize bytes, checking only what does
-// not depend on the file: magic, version and zero fields.
-func parseHeader(b []byte) (header, error) {
-	if string(b[:8]) != magic {
-		return header{}, fmt.Errorf("%w: bad magic %q: not a bunkerbuild snapshot artifact", ErrMalformed, b[:8])
+func checkDigest(d digest.Digest) error {
+	// Check the form before calling Digest methods: Algorithm panics on a
+	// digest without a colon (found by FuzzConfig).
+	if len(d) != len("sha256:")+64 || !strings.HasPrefix(string(d), "sha256:") {
+		return fmt.Errorf("%w: digest %.80q is not a sha256 digest", ErrMalformed, string(d))
 	}
-	le := binary.LittleEndian
-	h := header{
-		major:         le.Uint16(b[8:]),
-		minor:         le.Uint16(b[10:]),
-		flags:         le.Uint32(b[12:]),
-		fileSize:      le.Uint64(b[16:]),
-		manifestOff:   le.Uint64(b[24:]),
-		manifestSize:  le.Uint64(b[32:]),
-		signatureOff:  le.Uint64(b[40:]),
-		signatureSize: le.Uint64(b[48:]),
-		reserved:      le.Uint64(b[56:]),
-	}
-	if h.major != MajorVersion {
-		return header{}, fmt.Errorf("%w %d.%d: this build reads major version %d", ErrVersion, h.major, h.minor, MajorVersion)
-	}
-	if h.flags != 0 {
-		return header{}, fmt.Errorf("%w: header flags %#x, want 0", ErrMalformed, h.flags)
-	}
-	if h.reserved != 0 {
-		return header{}, fmt.Errorf("%w: header reserved field %#x, want 0", ErrMalformed, h.reserved)
-	}
-	return h, nil
-}
-
-// Digest is a SHA-256 digest, written in JSON as 64 lowercase hex digits.
-type Digest [32]byte
-
-func (d Digest) String() string { return hex.EncodeToString(d[:]) }
-
-// MarshalText implements encoding.TextMarshaler.
-func (d Digest) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler. It accepts exactly 64
-// lowercase hex digits.
-func (d *Digest) UnmarshalText(b []byte) error {
-	if len(b) != 2*len(d) {
-		return fmt.Errorf("digest is %d characters, want %d", len(b), 2*len(d))
-	}
-	for _, c := range b {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return fmt.Errorf("digest %.64q: not lowercase hex", b)
-		}
-	}
-	_, err := hex.Decode(d[:], b)
-	return err
-}
-
-// ValidName reports whether name can name a blob: 1 to [MaxNameLen] bytes of
-// '/'-separated segments, each a lowercase letter or digit followed by
-// lowercase letters, digits, '.', '_' or '-'. Examples: "vcpu/0",
-// "vm/irqchip", "devices/serial0".
-func ValidName(name string) error {
-	if name == "" {
-		return errors.New("empty name")
-	}
-	if len(name) > MaxNameLen {
-		return fmt.Errorf("name is %d bytes, over %d", len(name), MaxNameLen)
-	}
-	for seg := range strings.SplitSeq(name, "/") {
-		if seg == "" {
-			return fmt.Errorf("name %q has an empty segment", name)
-		}
-		for i := 0; i < len(seg); i++ {
-			c := seg[i]
-			ok := 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || i > 0 && (c == '.' || c == '_' || c == '-')
-			if !ok {
-				return fmt.Errorf("name %q: byte %q not allowed (segments are [a-z0-9][a-z0-9._-]*)", name, c)
-			}
-		}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("%w: digest %.80q: %w", ErrMalformed, string(d), err)
 	}
 	return nil
-}
-
-// reservedName reports whether name is kept for the memory blobs.
-func reservedName(name string) bool {
-	return name == MemoryBlob || strings.HasPrefix(name, MemoryBlob+"/")
 }

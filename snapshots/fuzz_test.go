@@ -1,182 +1,103 @@
 package snapshots
 
 import (
-	"bytes"
-	"crypto/ed25519"
-	"encoding/binary"
-	"io"
-	"runtime/metrics"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-type discardAt struct{}
-
-func (discardAt) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
-
-// exercise uses every reading method of a, which must not panic.
-func exercise(t *testing.T, a *Artifact) {
-	m := a.Manifest()
-	for _, b := range m.Blobs {
-		a.Blob(b.Name)
-		if r, err := a.OpenBlob(b.Name); err == nil {
-			io.Copy(io.Discard, r)
-		}
-	}
-	a.VerifyBlobs()
-	if m.Memory != nil {
-		var targets []MemTarget
-		for _, r := range m.Memory.Regions {
-			targets = append(targets, MemTarget{GPA: r.GPA, Size: r.Size, W: discardAt{}})
-		}
-		if err := a.RestoreMemoryTo(targets); err != nil && a.VerifyBlobs() == nil {
-			t.Errorf("RestoreMemoryTo failed on an artifact that verifies: %v", err)
-		}
-	}
-}
-
-// checkAllocs runs f and fails if it allocated more than max bytes. It
-// reads runtime/metrics, which unlike runtime.ReadMemStats does not stop the
-// world; small allocations may be counted late, which does not matter for
-// the large ones this looks for.
-func checkAllocs(t *testing.T, max uint64, f func()) {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	before := s[0].Value.Uint64()
-	f()
-	metrics.Read(s)
-	if n := s[0].Value.Uint64() - before; n > max {
-		t.Fatalf("allocated %d bytes, want at most %d", n, max)
-	}
-}
-
-// allocBound is what reading an input of n bytes may allocate: the two 1 MiB
-// copy buffers, and a few times the input.
-func allocBound(n int) uint64 { return 3<<20 + 8*uint64(n) }
-
-// FuzzOpen feeds arbitrary bytes to the parser as an artifact signed with
-// the test key.
-func FuzzOpen(f *testing.F) {
-	good := exampleBytes(f)
-	f.Add(good)
-	f.Add(good[:headerSize])
-	f.Add([]byte{})
-	f.Add(setU64(good, 32, 1<<62))
-	pub, _ := testKey()
-	f.Fuzz(func(t *testing.T, data []byte) {
-		checkAllocs(t, allocBound(len(data)), func() {
-			a, err := NewReader(bytes.NewReader(data), int64(len(data)), pub)
-			if err == nil {
-				exercise(t, a)
-			}
-		})
-	})
-}
-
-// signedFile builds an artifact from body (the bytes after the header) and a
-// manifest, signing the manifest with the test key. It lets the fuzzer reach
-// the code that only signed manifests reach.
-func signedFile(priv ed25519.PrivateKey, body, manifest []byte) []byte {
-	h := header{major: MajorVersion, minor: MinorVersion}
-	h.manifestOff = headerSize + uint64(len(body))
-	h.manifestSize = uint64(len(manifest))
-	h.signatureOff = h.manifestOff + h.manifestSize
-	h.signatureSize = signatureSize
-	h.fileSize = h.signatureOff + signatureSize
-	out := append(h.marshal(), body...)
-	out = append(out, manifest...)
-	return append(out, ed25519.Sign(priv, manifest)...)
-}
-
-// FuzzSignedManifest fuzzes the blob bytes and the manifest of an artifact
-// whose signature verifies.
-func FuzzSignedManifest(f *testing.F) {
-	good := exampleBytes(f)
-	h := fileHeader(f, good)
-	f.Add(good[headerSize:h.manifestOff], good[h.manifestOff:h.manifestOff+h.manifestSize])
-	f.Add([]byte{}, []byte(`{}`))
-	pub, priv := testKey()
-	f.Fuzz(func(t *testing.T, body, manifest []byte) {
-		if len(manifest) > MaxManifestSize {
-			return
-		}
-		data := signedFile(priv, body, manifest)
-		checkAllocs(t, allocBound(len(data)), func() {
-			a, err := NewReader(bytes.NewReader(data), int64(len(data)), pub)
-			if err == nil {
-				exercise(t, a)
-			}
-		})
-	})
-}
-
-// FuzzExtents fuzzes the extent table, which a valid signature does not
-// reach without a matching digest.
-func FuzzExtents(f *testing.F) {
-	regions := []Region{{0, 16 * PageSize}, {16 * PageSize, 4 * PageSize}, {1 << 32, 8 * PageSize}}
-	var tb []byte
-	for _, v := range []uint64{0, PageSize, 16 * PageSize, 4 * PageSize, 1<<32 + 7*PageSize, PageSize} {
-		tb = binary.LittleEndian.AppendUint64(tb, v)
-	}
-	f.Add(tb, uint64(6*PageSize))
-	f.Add([]byte{}, uint64(0))
-	f.Fuzz(func(t *testing.T, tb []byte, dataSize uint64) {
-		exts, err := parseExtents(tb, regions, dataSize)
+// FuzzConfig feeds mutated configs to the validator: no panic, and what
+// it accepts re-encodes to a config it accepts again.
+func FuzzConfig(f *testing.F) {
+	c := testConfig()
+	c.Format, c.Version = FormatName, FormatVersion
+	c.Memory = Memory{PageSize: PageSize, ChunkSize: ChunkSize,
+		Regions: []Region{{GPA: 0, Size: 3 * ChunkSize}, {GPA: 1 << 32, Size: 16 * PageSize}},
+		Chunks:  []Chunk{{GPA: 0, Size: ChunkSize, Pages: 4096}, {GPA: 2 * ChunkSize, Size: ChunkSize, Pages: 1}, {GPA: 1 << 32, Size: 16 * PageSize, Pages: 3}}}
+	b, _ := json.Marshal(&c)
+	f.Add(b)
+	f.Add([]byte(`{"format":"bunkerbuild-snapshot","version":2,"memory":{"regions":[{"gpa":18446744073709547520,"size":8192}]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeConfig(b)
 		if err != nil {
 			return
 		}
-		var total uint64
-		for i, e := range exts {
-			if i > 0 && e.GPA < exts[i-1].GPA+exts[i-1].Len {
-				t.Fatalf("extent %d %#x overlaps or precedes extent %d %#x", i, e, i-1, exts[i-1])
-			}
-			inside := false
-			for _, r := range regions {
-				inside = inside || r.GPA <= e.GPA && e.GPA+e.Len <= r.GPA+r.Size && e.GPA+e.Len > e.GPA
-			}
-			if !inside || e.GPA%PageSize != 0 || e.Len%PageSize != 0 {
-				t.Fatalf("accepted extent %#x", e)
-			}
-			total += e.Len
+		re, err := encodeConfig(c)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if total != dataSize {
-			t.Fatalf("accepted extents of %d bytes for %d bytes of data", total, dataSize)
+		if _, err := decodeConfig(re); err != nil {
+			t.Fatalf("accepted config re-encodes to one refused: %v", err)
+		}
+		for _, ch := range c.Memory.Chunks {
+			if ch.storedSize() == 0 || ch.storedSize() > ch.Size+bitmapLen(ch.Size) {
+				t.Fatalf("chunk %+v stored in %d bytes", ch, ch.storedSize())
+			}
 		}
 	})
 }
 
-// TestDeclaredSizesDoNotAllocate checks that sizes an artifact declares do
-// not turn into allocations beyond what the file holds.
-func TestDeclaredSizesDoNotAllocate(t *testing.T) {
-	good := exampleBytes(t)
-	pub, _ := testKey()
-	h := fileHeader(t, good)
-	huge := mutated(t, good, func(m *Manifest) {
-		m.Memory.Regions = []Region{{0, MaxMemorySize / 2}, {MaxMemorySize, MaxMemorySize / 2}}
-	})
-	for _, tc := range []struct {
-		name string
-		b    []byte
-		max  uint64
-	}{
-		{"manifest size at limit", setU64(good, 32, MaxManifestSize), 64 << 10},
-		{"manifest at end of file", setU64(setU64(good, 24, h.fileSize-MaxManifestSize/2), 32, MaxManifestSize), 64 << 10},
-		{"1 TiB of memory", huge, restoreChunk + 256<<10},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			checkAllocs(t, tc.max, func() {
-				a, err := NewReader(bytes.NewReader(tc.b), int64(len(tc.b)), pub)
-				if err != nil {
-					return
-				}
-				m := a.Manifest()
-				if got := m.MemorySize(); got != MaxMemorySize {
-					t.Fatalf("memory size %d", got)
-				}
-				targets := []MemTarget{{0, MaxMemorySize / 2, discardAt{}}, {MaxMemorySize, MaxMemorySize / 2, discardAt{}}}
-				if err := a.RestoreMemoryTo(targets); err != nil {
-					t.Fatal(err)
-				}
-			})
-		})
+// FuzzArtifact signs mutated configs and layers with the test key, as a
+// holder of the key could, and runs everything resume runs on them: no
+// panic, and memory is written only inside the destination.
+func FuzzArtifact(f *testing.F) {
+	pristine := writeTest(f, testContents(f, smallMemory(f)))
+	var idx ocispec.Index
+	ib, _ := os.ReadFile(filepath.Join(pristine, ocispec.ImageIndexFile))
+	json.Unmarshal(ib, &idx)
+	blob := func(d string) []byte {
+		b, _ := os.ReadFile(filepath.Join(pristine, "blobs/sha256", d))
+		return b
 	}
+	var m ocispec.Manifest
+	json.Unmarshal(blob(idx.Manifests[0].Digest.Encoded()), &m)
+	for i := range m.Layers {
+		f.Add(blob(m.Config.Digest.Encoded()), uint8(i), blob(m.Layers[i].Digest.Encoded()))
+	}
+	f.Fuzz(func(t *testing.T, config []byte, which uint8, layer []byte) {
+		path := copyArtifact(t, pristine)
+		os.WriteFile(filepath.Join(path, "blobs/sha256", digest.FromBytes(layer).Encoded()), layer, 0o644)
+		resign(t, path, func(c *Config, m *ocispec.Manifest) {
+			var cc Config
+			if json.Unmarshal(config, &cc) == nil {
+				*c = cc
+			}
+			l := &m.Layers[int(which)%len(m.Layers)]
+			l.Digest, l.Size = digest.FromBytes(layer), int64(len(layer))
+		})
+		pub, _ := testKey()
+		a, err := Open(path, pub)
+		if err != nil {
+			return
+		}
+		defer a.Close()
+		if a.Verify() != nil {
+			return
+		}
+		cfg := a.Config()
+		if cfg.Memory.Size() > 16<<20 {
+			return
+		}
+		var dst []MemRegion
+		for _, r := range cfg.Memory.Regions {
+			dst = append(dst, MemRegion{GPA: r.GPA, Data: make([]byte, r.Size)})
+		}
+		a.RestoreMemory(dst, nil)
+	})
+}
+
+// smallMemory is one short region with a raw and a sparse chunk's worth
+// of pages: a chunk is short at the end of a region, so this needs two.
+func smallMemory(t testing.TB) []MemRegion {
+	r0 := mmapZero(t, 32*PageSize)
+	fillPage(r0, 3, 1)
+	r1 := mmapZero(t, 4*PageSize)
+	for p := range 4 {
+		fillPage(r1, p, 2)
+	}
+	return []MemRegion{{GPA: 0, Data: r0}, {GPA: 1 << 32, Data: r1}}
 }

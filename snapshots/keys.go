@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 const (
@@ -212,21 +214,30 @@ func KeyID(pub ed25519.PublicKey) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// Sign signs a manifest's bytes with key.
-func Sign(key ed25519.PrivateKey, manifest []byte) ([]byte, error) {
+// signedPayload is what a signature covers: a fixed context string and
+// the manifest's digest. The context keeps a signature made with the same
+// key for anything else from verifying as a snapshot signature.
+func signedPayload(manifest digest.Digest) []byte {
+	return []byte(signatureContext + manifest.String())
+}
+
+const signatureContext = "bunkerbuild snapshot signature v1\n"
+
+// Sign signs the manifest digest d with key.
+func Sign(key ed25519.PrivateKey, d digest.Digest) ([]byte, error) {
 	if len(key) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("sign: private key is %d bytes, want %d", len(key), ed25519.PrivateKeySize)
 	}
-	return ed25519.Sign(key, manifest), nil
+	return ed25519.Sign(key, signedPayload(d)), nil
 }
 
-// Verify checks sig over a manifest's bytes with pub, returning an error
-// wrapping [ErrSignature] if it does not verify.
-func Verify(pub ed25519.PublicKey, manifest, sig []byte) error {
+// Verify checks sig over the manifest digest d with pub, returning an
+// error wrapping [ErrSignature] if it does not verify.
+func Verify(pub ed25519.PublicKey, d digest.Digest, sig []byte) error {
 	if len(pub) != ed25519.PublicKeySize {
 		return fmt.Errorf("verify: public key is %d bytes, want %d", len(pub), ed25519.PublicKeySize)
 	}
-	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, manifest, sig) {
+	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, signedPayload(d), sig) {
 		return fmt.Errorf("%w with key %s", ErrSignature, KeyID(pub))
 	}
 	return nil

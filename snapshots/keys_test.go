@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 func TestGenerateAndLoadKeys(t *testing.T) {
@@ -45,11 +47,7 @@ func TestGenerateAndLoadKeys(t *testing.T) {
 
 	// A loaded key signs artifacts that the loaded public key opens.
 	path := filepath.Join(dir, "a.snap")
-	w, err := Create(path, testMetadata())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(priv); err != nil {
+	if _, err := Write(t.Context(), path, testContents(t, nil), priv); err != nil {
 		t.Fatal(err)
 	}
 	a, err := Open(path, loaded)
@@ -153,7 +151,7 @@ func parsePriv(b []byte) error { _, err := ParsePrivateKey(b); return err }
 func TestSignVerify(t *testing.T) {
 	pub, priv := testKey()
 	other, _, _ := ed25519.GenerateKey(nil)
-	msg := []byte(`{"format":"bunkerbuild-snapshot"}`)
+	msg := digest.FromString("manifest")
 	sig, err := Sign(priv, msg)
 	if err != nil {
 		t.Fatal(err)
@@ -164,11 +162,12 @@ func TestSignVerify(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		pub      ed25519.PublicKey
-		msg, sig []byte
-		is       error
+		msg digest.Digest
+		sig []byte
+		is  error
 	}{
 		{"other key", other, msg, sig, ErrSignature},
-		{"changed message", pub, append([]byte(" "), msg...), sig, ErrSignature},
+		{"changed digest", pub, digest.FromString("other manifest"), sig, ErrSignature},
 		{"short signature", pub, msg, sig[:63], ErrSignature},
 		{"no signature", pub, msg, nil, ErrSignature},
 		{"short key", pub[:31], msg, sig, nil},
@@ -186,10 +185,11 @@ func TestSignVerify(t *testing.T) {
 	if _, err := Sign(priv[:32], msg); err == nil {
 		t.Error("Sign with a short key succeeded")
 	}
-	if _, err := Open("testdata/example.snap", nil); err == nil || !strings.Contains(err.Error(), "no public key") {
+	snap := writeTest(t, testContents(t, nil))
+	if _, err := Open(snap, nil); err == nil || !strings.Contains(err.Error(), "no public key") {
 		t.Errorf("Open without a key: %v", err)
 	}
-	if _, err := Open("testdata/example.snap", pub[:16]); err == nil || !strings.Contains(err.Error(), "public key is 16 bytes") {
+	if _, err := Open(snap, pub[:16]); err == nil || !strings.Contains(err.Error(), "public key is 16 bytes") {
 		t.Errorf("Open with a short key: %v", err)
 	}
 }
@@ -229,26 +229,29 @@ func TestOpenSSLInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := filepath.Join(dir, "a.snap")
-	w, err := Create(snap, testMetadata())
+	sum, err := Write(t.Context(), snap, testContents(t, nil), priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Commit(priv); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(snap)
+	sigs, err := filepath.Glob(filepath.Join(snap, "blobs/sha256/*"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := fileHeader(t, b)
-	manifestPath, sigPath := filepath.Join(dir, "manifest.json"), filepath.Join(dir, "manifest.sig")
-	if err := os.WriteFile(manifestPath, b[h.manifestOff:h.manifestOff+h.manifestSize], 0o600); err != nil {
+	payloadPath := filepath.Join(dir, "payload")
+	if err := os.WriteFile(payloadPath, signedPayload(sum.Manifest), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(sigPath, b[h.signatureOff:h.signatureOff+h.signatureSize], 0o600); err != nil {
-		t.Fatal(err)
+	verified := 0
+	for _, p := range sigs {
+		if st, err := os.Stat(p); err != nil || st.Size() != ed25519.SignatureSize {
+			continue
+		}
+		run("pkeyutl", "-verify", "-pubin", "-inkey", pubPath, "-rawin", "-in", payloadPath, "-sigfile", p)
+		verified++
 	}
-	run("pkeyutl", "-verify", "-pubin", "-inkey", pubPath, "-rawin", "-in", manifestPath, "-sigfile", sigPath)
+	if verified != 1 {
+		t.Fatalf("found %d signature blobs, want 1", verified)
+	}
 
 	// A key OpenSSL generated loads.
 	osslKey := filepath.Join(dir, "openssl.key")

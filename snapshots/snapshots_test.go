@@ -2,330 +2,285 @@ package snapshots
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
-	"flag"
-	"io"
 	"os"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/example.snap and example.pub")
-
-// testKey is a fixed key, so that the example artifact is reproducible.
+// testKey is a fixed key pair, so that failures reproduce.
 func testKey() (ed25519.PublicKey, ed25519.PrivateKey) {
-	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x5e}, ed25519.SeedSize))
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
 	return priv.Public().(ed25519.PublicKey), priv
 }
 
-func testMetadata() Metadata {
-	return Metadata{
-		Profile:        "minimal",
-		VCPUs:          2,
-		KernelRelease:  "6.12.38+deb12-amd64",
-		Recipe:         "debian-initramfs",
-		BuilderVersion: "test",
-		Created:        time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC),
-		Labels:         map[string]string{"arch": "x86_64", "note": "example <&> \u00e9"},
+func testConfig() Config {
+	return Config{
+		Created:       time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC),
+		BootProfile:   "full",
+		ResumeProfile: "minimal",
+		VCPUs:         2,
+		CPUID:         []CPUIDEntry{{Function: 0, EAX: 0xd, EBX: 0x68747541}},
+		Kernel:        &Source{Name: "vmlinuz", Release: "6.12.95", Digest: digest.FromString("kernel")},
+		Labels:        map[string]string{"recipe": "default"},
 	}
 }
 
-// testBlobs are the small blobs of the example, in the order they are added.
-var testBlobs = []struct {
-	name string
-	data []byte
-}{
-	{"vcpu/0", bytes.Repeat([]byte("regs0"), 300)},
-	{"vcpu/1", bytes.Repeat([]byte("regs1"), 300)},
-	{"vm/irqchip", []byte("ioapic state")},
-	{"vm/clock", []byte{1, 2, 3, 4, 5, 6, 7, 8}},
-	{"devices/serial0", []byte("16550A")},
-	{"devices/empty", nil},
-}
-
-// page fills page i of b with a pattern that depends on i and seed.
-func page(b []byte, i int, seed byte) {
-	for j := range PageSize {
-		b[i*PageSize+j] = byte(i*7+j) ^ seed | 1
+// testMemory returns guest memory of two regions laid out so that every
+// encoding appears: in region 0 a dense chunk (raw), a chunk with every
+// fourth page set (sparse), a zero chunk (not stored) and a short last
+// chunk with one page; region 1 is one dense short chunk.
+func testMemory(t testing.TB) []MemRegion {
+	r0 := mmapZero(t, 3*ChunkSize+8*PageSize)
+	for p := 0; p < ChunkSize/PageSize; p++ {
+		fillPage(r0, p, byte(p))
 	}
+	for p := ChunkSize / PageSize; p < 2*ChunkSize/PageSize; p += 4 {
+		fillPage(r0, p, 0xa5)
+	}
+	fillPage(r0, 3*ChunkSize/PageSize+5, 0x5a)
+	r1 := mmapZero(t, 16*PageSize)
+	for p := 0; p < 16; p++ {
+		fillPage(r1, p, 0xee)
+	}
+	return []MemRegion{{GPA: 0, Data: r0}, {GPA: 1 << 32, Data: r1}}
 }
 
-// testMemory is two small regions with a few non-zero pages, one of them at
-// a region's end and one region above 4 GiB.
-func testMemory() []MemRegion {
-	lo := make([]byte, 16*PageSize)
-	page(lo, 0, 1)
-	page(lo, 1, 2)
-	page(lo, 5, 3)
-	lo[9*PageSize+PageSize-1] = 0xff // one non-zero byte makes page 9 stored
-	hi := make([]byte, 8*PageSize)
-	page(hi, 7, 4)
-	return []MemRegion{{GPA: 1 << 32, Data: hi}, {GPA: 0, Data: lo}}
-}
-
-// writeExample writes the example artifact to path.
-func writeExample(t testing.TB, path string) {
-	t.Helper()
-	_, priv := testKey()
-	w, err := Create(path, testMetadata())
+func mmapZero(t testing.TB, n int) []byte {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range testBlobs[:2] {
-		if err := w.AddBlob(b.name, b.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.AddMemory(testMemory()); err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range testBlobs[2:] {
-		if err := w.AddBlob(b.name, b.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Commit(priv); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+func fillPage(m []byte, p int, v byte) {
+	pg := m[p*PageSize : (p+1)*PageSize]
+	for i := range pg {
+		pg[i] = v + byte(i)
 	}
 }
 
-// exampleBytes returns a freshly written example artifact.
-func exampleBytes(t testing.TB) []byte {
+func testContents(t testing.TB, mem []MemRegion) Contents {
+	if mem == nil {
+		mem = []MemRegion{{GPA: 0, Data: mmapZero(t, 4*PageSize)}}
+		fillPage(mem[0].Data, 1, 1)
+	}
+	return Contents{Config: testConfig(), VCPUState: []byte(`{"vcpus":[]}`), DeviceState: []byte(`{"ioapic":{}}`), Memory: mem}
+}
+
+func writeTest(t testing.TB, c Contents) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "example.snap")
-	writeExample(t, path)
+	_, priv := testKey()
+	path := filepath.Join(t.TempDir(), "guest.snap")
+	if _, err := Write(context.Background(), path, c, priv); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func openVerified(t *testing.T, path string) *Artifact {
+	t.Helper()
+	pub, _ := testKey()
+	a, err := Open(path, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if err := a.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestRoundTrip(t *testing.T) {
+	mem := testMemory(t)
+	c := testContents(t, mem)
+	_, priv := testKey()
+	path := filepath.Join(t.TempDir(), "guest.snap")
+	sum, err := Write(t.Context(), path, c, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Chunks != 4 || sum.RawChunks != 2 {
+		t.Errorf("wrote %d chunks, %d raw; want 4 and 2", sum.Chunks, sum.RawChunks)
+	}
+	if want := uint64(ChunkSize/PageSize + ChunkSize/PageSize/4 + 1 + 16); sum.StoredPages != want {
+		t.Errorf("stored %d pages, want %d", sum.StoredPages, want)
+	}
+	a := openVerified(t, path)
+	if a.Digest() != sum.Manifest {
+		t.Errorf("manifest digest %s, Write said %s", a.Digest(), sum.Manifest)
+	}
+	cfg := a.Config()
+	if cfg.VCPUs != 2 || cfg.Kernel.Release != "6.12.95" || cfg.Labels["recipe"] != "default" || !cfg.Created.Equal(testConfig().Created) {
+		t.Errorf("config read back as %+v", cfg)
+	}
+	if got := cfg.Memory.Size(); got != uint64(len(mem[0].Data)+len(mem[1].Data)) {
+		t.Errorf("memory size %d", got)
+	}
+	for name, f := range map[string]func() ([]byte, error){"vcpu": a.VCPUState, "device": a.DeviceState} {
+		b, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string][]byte{"vcpu": c.VCPUState, "device": c.DeviceState}[name]; !bytes.Equal(b, want) {
+			t.Errorf("%s state %q, want %q", name, b, want)
+		}
+	}
+	for _, mapped := range []bool{false, true} {
+		dst := []MemRegion{{GPA: 0, Data: mmapZero(t, len(mem[0].Data))}, {GPA: 1 << 32, Data: mmapZero(t, len(mem[1].Data))}}
+		var mapper Mapper
+		maps := 0
+		if mapped {
+			mapper = func(gpa, size uint64, f *os.File) error {
+				maps++
+				var d []byte
+				if gpa >= 1<<32 {
+					d = dst[1].Data[gpa-1<<32 : gpa-1<<32+size]
+				} else {
+					d = dst[0].Data[gpa : gpa+size]
+				}
+				st, err := f.Stat()
+				if err != nil {
+					return err
+				}
+				b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
+				if err != nil {
+					return err
+				}
+				copy(d, b)
+				return unix.Munmap(b)
+			}
+		}
+		if err := a.RestoreMemory(dst, mapper); err != nil {
+			t.Fatal(err)
+		}
+		for i := range mem {
+			if !bytes.Equal(dst[i].Data, mem[i].Data) {
+				t.Errorf("mapped=%v: region %d differs after restore", mapped, i)
+			}
+		}
+		if mapped && maps != 2 {
+			t.Errorf("mapper called %d times, want 2 (the raw chunks)", maps)
+		}
+	}
+}
+
+// TestOCILayout checks the directory against the OCI image layout: the
+// files, the index naming the manifest by tag and the signature as a
+// referrer of it.
+func TestOCILayout(t *testing.T) {
+	path := writeTest(t, testContents(t, nil))
+	var lay ocispec.ImageLayout
+	readJSON(t, filepath.Join(path, ocispec.ImageLayoutFile), &lay)
+	if lay.Version != ocispec.ImageLayoutVersion {
+		t.Errorf("layout version %q", lay.Version)
+	}
+	var idx ocispec.Index
+	readJSON(t, filepath.Join(path, ocispec.ImageIndexFile), &idx)
+	if len(idx.Manifests) != 2 || idx.Manifests[0].Annotations[ocispec.AnnotationRefName] != DefaultTag {
+		t.Fatalf("index %+v", idx)
+	}
+	var sig ocispec.Manifest
+	readJSON(t, filepath.Join(path, "blobs/sha256", idx.Manifests[1].Digest.Encoded()), &sig)
+	if sig.Subject == nil || sig.Subject.Digest != idx.Manifests[0].Digest || sig.ArtifactType != SignatureArtifactType {
+		t.Errorf("signature manifest %+v does not refer to the snapshot manifest", sig)
+	}
+	// Every blob file is named by its digest, and only blobs are there.
+	ents, err := os.ReadDir(filepath.Join(path, "blobs/sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(path, "blobs/sha256", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := digest.FromBytes(b); d.Encoded() != e.Name() {
+			t.Errorf("blob %s hashes to %s", e.Name(), d)
+		}
+	}
+	top, _ := os.ReadDir(path)
+	if len(top) != 3 {
+		t.Errorf("layout holds %d entries, want blobs, index.json and oci-layout", len(top))
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
-}
-
-// checkExample checks that a holds exactly the example's contents.
-func checkExample(t *testing.T, a *Artifact) {
-	t.Helper()
-	m := a.Manifest()
-	if !reflect.DeepEqual(m.Metadata, testMetadata()) {
-		t.Errorf("metadata = %+v, want %+v", m.Metadata, testMetadata())
-	}
-	if m.Format != FormatName || m.Version != (Version{MajorVersion, MinorVersion}) {
-		t.Errorf("format %q version %v", m.Format, m.Version)
-	}
-	if got, want := m.MemorySize(), uint64(24*PageSize); got != want {
-		t.Errorf("MemorySize = %d, want %d", got, want)
-	}
-	for _, b := range testBlobs {
-		got, err := a.Blob(b.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, b.data) {
-			t.Errorf("blob %q = %q, want %q", b.name, got, b.data)
-		}
-		r, err := a.OpenBlob(b.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		streamed, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatalf("OpenBlob(%q): %v", b.name, err)
-		}
-		if !bytes.Equal(streamed, b.data) {
-			t.Errorf("OpenBlob(%q) read %q, want %q", b.name, streamed, b.data)
-		}
-	}
-	if _, err := a.Blob("vcpu/2"); err == nil {
-		t.Error("Blob of a missing name succeeded")
-	}
-	exts, err := a.Extents()
-	if err != nil {
+	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatal(err)
-	}
-	wantExts := []Extent{{0, 2 * PageSize}, {5 * PageSize, PageSize}, {9 * PageSize, PageSize}, {1<<32 + 7*PageSize, PageSize}}
-	if !reflect.DeepEqual(exts, wantExts) {
-		t.Errorf("Extents = %#x, want %#x", exts, wantExts)
-	}
-	want := testMemory()
-	got := []MemRegion{{GPA: 0, Data: make([]byte, len(want[1].Data))}, {GPA: 1 << 32, Data: make([]byte, len(want[0].Data))}}
-	if err := a.RestoreMemory(got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got[0].Data, want[1].Data) || !bytes.Equal(got[1].Data, want[0].Data) {
-		t.Error("restored memory differs from what was written")
-	}
-	if err := a.VerifyBlobs(); err != nil {
-		t.Error(err)
 	}
 }
 
-func TestRoundTrip(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "a.snap")
-	writeExample(t, path)
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if perm := fi.Mode().Perm(); perm != 0o600 {
-		t.Errorf("artifact mode %#o, want 0600", perm)
-	}
-	pub, _ := testKey()
-	a, err := Open(path, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	checkExample(t, a)
-
-	// Manifest returns a copy.
-	m := a.Manifest()
-	m.Labels["arch"] = "changed"
-	m.Blobs[0].Name = "changed"
-	m.Memory.Regions[0].Size = 1
-	if a.Manifest().Labels["arch"] != "x86_64" || a.Manifest().Blobs[0].Name == "changed" || a.Manifest().Memory.Regions[0].Size == 1 {
-		t.Error("changing Manifest's result changed the artifact")
-	}
-}
-
-func TestNoMemory(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "a.snap")
-	pub, priv := testKey()
-	w, err := Create(path, testMetadata())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.AddBlob("vcpu/0", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(priv); err != nil {
-		t.Fatal(err)
-	}
-	a, err := Open(path, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if a.Manifest().Memory != nil {
-		t.Error("manifest has memory")
-	}
-	if err := a.RestoreMemory(nil); !errors.Is(err, errNoMemory) {
-		t.Errorf("RestoreMemory = %v, want %v", err, errNoMemory)
-	}
-	if err := a.VerifyBlobs(); err != nil {
-		t.Error(err)
-	}
-}
-
-// TestExample checks that the writer still produces testdata/example.snap
-// byte for byte, and that the committed file still reads: a change to either
-// is a format change. go test -run TestExample -update rewrites them.
-func TestExample(t *testing.T) {
-	got := exampleBytes(t)
-	pub, _ := testKey()
-	pubPEM, err := MarshalPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if *update {
-		if err := os.WriteFile("testdata/example.snap", got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile("testdata/example.pub", pubPEM, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile("testdata/example.snap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("writer output (%d bytes) differs from testdata/example.snap (%d bytes); if the format changed on purpose, bump the version and run with -update", len(got), len(want))
-	}
-	filePub, err := LoadPublicKey("testdata/example.pub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filePub.Equal(pub) {
-		t.Fatal("testdata/example.pub is not the test key")
-	}
-	a, err := Open("testdata/example.snap", filePub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	checkExample(t, a)
-}
-
-func TestRestoreMemoryTo(t *testing.T) {
-	pub, _ := testKey()
-	b := exampleBytes(t)
-	a, err := NewReader(bytes.NewReader(b), int64(len(b)), pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+func TestWriteReplacesAtomically(t *testing.T) {
+	_, priv := testKey()
 	dir := t.TempDir()
-	var targets []MemTarget
-	for _, r := range a.Manifest().Memory.Regions {
-		f, err := os.Create(filepath.Join(dir, "mem"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := f.Truncate(int64(r.Size)); err != nil {
-			t.Fatal(err)
-		}
-		targets = append(targets, MemTarget{GPA: r.GPA, Size: r.Size, W: f})
-		dir = t.TempDir()
-	}
-	if err := a.RestoreMemoryTo(targets); err != nil {
-		t.Fatal(err)
-	}
-	want := testMemory()
-	for i, w := range []MemRegion{want[1], want[0]} {
-		got, err := os.ReadFile(targets[i].W.(*os.File).Name())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, w.Data) {
-			t.Errorf("region %#x: file differs from the memory written", w.GPA)
-		}
-	}
-}
-
-func TestRestoreMemoryRegionMismatch(t *testing.T) {
-	pub, _ := testKey()
-	b := exampleBytes(t)
-	a, err := NewReader(bytes.NewReader(b), int64(len(b)), pub)
+	path := filepath.Join(dir, "guest.snap")
+	first, err := Write(t.Context(), path, testContents(t, nil), priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lo, hi := make([]byte, 16*PageSize), make([]byte, 8*PageSize)
-	for _, tc := range []struct {
-		name    string
-		regions []MemRegion
-	}{
-		{"none", nil},
-		{"one missing", []MemRegion{{0, lo}}},
-		{"extra", []MemRegion{{0, lo}, {1 << 32, hi}, {1 << 40, hi}}},
-		{"smaller", []MemRegion{{0, lo[:PageSize]}, {1 << 32, hi}}},
-		{"larger", []MemRegion{{0, lo}, {1 << 32, make([]byte, 9*PageSize)}}},
-		{"moved", []MemRegion{{PageSize, lo}, {1 << 32, hi}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := a.RestoreMemory(tc.regions)
-			if err == nil {
-				t.Fatal("RestoreMemory succeeded")
-			}
-			if !bytes.Contains([]byte(err.Error()), []byte("do not match the artifact's [0x0+0x10000 0x100000000+0x8000]")) {
-				t.Errorf("error %q does not describe the layouts", err)
-			}
-			for _, r := range tc.regions {
-				if !bytes.Equal(r.Data, make([]byte, len(r.Data))) {
-					t.Error("memory written despite the mismatch")
-				}
-			}
-		})
+	c := testContents(t, nil)
+	c.Config.VCPUs = 1
+	second, err := Write(t.Context(), path, c, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Manifest == second.Manifest {
+		t.Fatal("the second artifact has the first's digest")
+	}
+	if a := openVerified(t, path); a.Digest() != second.Manifest {
+		t.Errorf("after replacing, %s holds %s", path, a.Digest())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("directory holds %d entries after replacing, want 1", len(ents))
+	}
+
+	// Not over something that is not an artifact.
+	other := filepath.Join(dir, "notes")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Write(t.Context(), other, testContents(t, nil), priv); err == nil || !strings.Contains(err.Error(), "not an OCI layout") {
+		t.Errorf("Write over a plain directory: %v", err)
+	}
+
+	// A cancelled write leaves nothing, and no partial directory.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	fresh := filepath.Join(dir, "cancelled.snap")
+	if _, err := Write(ctx, fresh, testContents(t, testMemory(t)), priv); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled Write: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("cancelled write left %d entries, want 2", len(ents))
+	}
+
+	// A partial directory of a dead writer is removed by the next write.
+	stale := filepath.Join(dir, ".guest.snap"+partialSuffix+"999999999-00")
+	if err := os.Mkdir(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Write(t.Context(), path, testContents(t, nil), priv); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale partial directory survived: %v", err)
 	}
 }

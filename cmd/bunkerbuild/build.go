@@ -15,7 +15,6 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/pipeline"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/recipe"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
-	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
 // version is recorded in the artifacts this binary builds.
@@ -99,46 +98,6 @@ func keygenCommand() *cli.Command {
 			}
 			fmt.Printf("key %s: private %s, public %s\n", snapshots.KeyID(pub), c.Args().Get(0), c.Args().Get(1))
 			return nil
-		},
-	}
-}
-
-func resumeCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "resume",
-		Usage:     "verify a signed artifact and resume its guest on the minimal VMM, console on this terminal (Ctrl-A x quits)",
-		ArgsUsage: "ARTIFACT",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "key", Required: true, Usage: "the builder's public key"},
-			&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny or kill"},
-			&cli.BoolFlag{Name: "serial", Value: true, Usage: "keep COM1 as the console (an addition to the minimal profile)"},
-			&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, at exit"},
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses"},
-		},
-		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageError("resume takes one artifact")
-			}
-			pub, err := snapshots.LoadPublicKey(c.String("key"))
-			if err != nil {
-				return usageError("--key: %v", err)
-			}
-			cfg, err := vmConfigFlags(c)
-			if err != nil {
-				return err
-			}
-			cfg.SerialConsole = c.Bool("serial")
-			create := func(cfg machine.Config) (*machine.Machine, error) {
-				m, man, err := pipeline.Resume(c.Args().First(), pub, cfg)
-				if err == nil {
-					fmt.Fprintf(os.Stderr, "bunkerbuild: resuming %q (built %s by %s) on the minimal profile\n", man.Recipe, man.Created.Format(time.RFC3339), man.BuilderVersion)
-				}
-				return m, err
-			}
-			// The minimal VMM has no firmware and no legacy devices: a guest
-			// that reboots cannot boot again here.
-			needsBoot := cli.Exit("the guest rebooted: a resumed guest cannot boot again on the minimal VMM; boot it through the pipeline again with bunkerbuild build", exitNeedsBoot)
-			return runConsole(c.Context, cfg, create, c.Bool("report"), needsBoot)
 		},
 	}
 }

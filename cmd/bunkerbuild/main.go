@@ -40,6 +40,8 @@ func main() {
 			surfaceCommand(),
 			buildCommand(),
 			resumeCommand(),
+			verifyCommand(),
+			inspectCommand(),
 			keygenCommand(),
 			bootStageCommand(),
 		},

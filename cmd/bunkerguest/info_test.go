@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
+
 	"errors"
 	"strings"
 	"testing"
@@ -65,7 +67,7 @@ func TestParseMemTotal(t *testing.T) {
 }
 
 func TestRunUsage(t *testing.T) {
-	for _, args := range [][]string{nil, {"bogus"}, {"info", "extra"}} {
+	for _, args := range [][]string{nil, {"bogus"}, {"info", "extra"}, {"count"}, {"count", "a", "b"}} {
 		if err := run(args, new(strings.Builder)); !errors.Is(err, errUsage) {
 			t.Errorf("run(%q) = %v; want usage error", args, err)
 		}
@@ -78,8 +80,15 @@ func TestInfoOutput(t *testing.T) {
 		if err := run([]string{cmd}, &out); err != nil {
 			t.Fatalf("bunkerguest %s: %v", cmd, err)
 		}
+		text := out.String()
+		if cmd == "uinit" {
+			var ok bool
+			if text, ok = strings.CutSuffix(text, guestproto.ReadyLine+"\n"); !ok {
+				t.Errorf("bunkerguest uinit does not end with %s:\n%s", guestproto.ReadyLine, out.String())
+			}
+		}
 		var keys []string
-		for line := range strings.Lines(out.String()) {
+		for line := range strings.Lines(text) {
 			k, v, ok := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
 			if !ok || v == "" {
 				t.Errorf("bunkerguest %s: line %q is not key=value", cmd, line)

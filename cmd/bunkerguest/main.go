@@ -6,7 +6,15 @@
 // Usage:
 //
 //	bunkerguest info      print facts about the guest as key=value lines
-//	bunkerguest uinit     give up the controlling terminal, then print info
+//	bunkerguest uinit     give up the controlling terminal, start the counter
+//	                      if the kernel command line has bunkerguest.count=FILE,
+//	                      print info, then signal readiness
+//	bunkerguest ready     tell the build the guest has booted: print the line
+//	                      BUNKERGUEST-READY on the console (a recipe's
+//	                      "booted: guest-signal: true" waits for it)
+//	bunkerguest count FILE
+//	                      count up ten times a second into FILE, for ever: a
+//	                      process whose progress shows across a snapshot
 //	bunkerguest poweroff  sync and power the machine off
 //	bunkerguest reboot    sync and restart the machine
 //	bunkerguest probe [--json] [--msr-module FILE]
@@ -22,11 +30,17 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 )
 
-const usage = "usage: bunkerguest info|uinit|poweroff|reboot|probe [--json] [--msr-module FILE]"
+const usage = "usage: bunkerguest info|uinit|ready|poweroff|reboot|count FILE|probe [--json] [--msr-module FILE]"
 
 var errUsage = errors.New(usage)
 
@@ -46,6 +60,9 @@ func run(args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "probe" {
 		return probe(args[1:], stdout)
 	}
+	if len(args) == 2 && args[0] == "count" {
+		return count(args[1])
+	}
 	if len(args) != 1 {
 		return errUsage
 	}
@@ -54,6 +71,8 @@ func run(args []string, stdout io.Writer) error {
 		return printInfo(stdout)
 	case "uinit":
 		return uinit(stdout)
+	case "ready":
+		return ready()
 	case "poweroff":
 		return shutdown(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	case "reboot":
@@ -75,7 +94,64 @@ func uinit(stdout io.Writer) error {
 	if err != nil && !errors.Is(err, unix.ENOTTY) {
 		return fmt.Errorf("release controlling terminal: %w", err)
 	}
-	return printInfo(stdout)
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if file, ok := strings.CutPrefix(f, guestproto.CountParam+"="); ok {
+				if err := startCounter(file); err != nil {
+					log.Print(err)
+				}
+			}
+		}
+	}
+	if err := printInfo(stdout); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, guestproto.ReadyLine)
+	return err
+}
+
+// ready prints guestproto.ReadyLine on the console.
+func ready() error {
+	f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintln(f, guestproto.ReadyLine)
+	return err
+}
+
+// startCounter starts "bunkerguest count file" in its own session, with no
+// terminal, so that it outlives init's console handoff.
+func startCounter(file string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	p, err := os.StartProcess(self, []string{self, "count", file}, &os.ProcAttr{
+		Files: []*os.File{nil, nil, nil},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
+		return fmt.Errorf("start counter: %w", err)
+	}
+	return p.Release()
+}
+
+// count writes 1, 2, 3... into file, ten a second, each by writing a new
+// file and renaming it over the old one so readers never see a partial
+// number.
+func count(file string) error {
+	tmp := file + ".tmp"
+	for n := 1; ; n++ {
+		if err := os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // shutdown flushes the file systems and then powers off or restarts the

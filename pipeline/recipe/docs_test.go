@@ -1,6 +1,8 @@
 package recipe
 
 import (
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
+
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,7 +43,7 @@ func TestDefaultRecipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Guest{Kernel: Default, Initrd: Default, Cmdline: "console=ttyS0 reboot=k panic=-1 i8042.noaux quiet"}
+	want := Guest{Kernel: Default, Initrd: Default, Cmdline: "console=ttyS0 reboot=k panic=-1 i8042.noaux quiet " + guestproto.CountParam + "=/tmp/count"}
 	if r.Guest != want {
 		t.Errorf("guest = %+v, want %+v", r.Guest, want)
 	}
@@ -49,14 +51,10 @@ func TestDefaultRecipe(t *testing.T) {
 		t.Errorf("machine = %+v", r.Machine)
 	}
 	b := r.Booted
-	if b.Console == nil || b.Console.String() != `cpus=\d+` || b.Settle != 2*time.Second || b.Timeout != 5*time.Minute {
+	if !b.GuestSignal || b.Settle != 2*time.Second || b.Timeout != 5*time.Minute {
 		t.Errorf("booted = %+v", b)
 	}
-	// cmd/bunkerguest's info, run by the default guest's init, prints this.
-	if b.Console != nil && !b.Console.MatchString("cpus=2") {
-		t.Errorf("booted.console %q does not match the default guest's cpus=2", b.Console)
-	}
-	if r.Output != (Output{Path: filepath.Join(build, "default.bbsnap"), SigningKey: filepath.Join(build, "signing.key")}) {
+	if r.Output != (Output{Path: filepath.Join(build, "default.snap"), SigningKey: filepath.Join(build, "signing.key")}) {
 		t.Errorf("output = %+v", r.Output)
 	}
 }

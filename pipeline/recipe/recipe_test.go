@@ -148,6 +148,10 @@ output: {path: /abs/x.bbsnap, signing-key: /abs/k}
 
 func TestParseErrors(t *testing.T) {
 	outDir := t.TempDir()
+	outFile := filepath.Join(outDir, "old.snap")
+	if err := os.WriteFile(outFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, yaml string
 		want       []string // the error's lines, exactly
@@ -299,7 +303,9 @@ func TestParseErrors(t *testing.T) {
 		{"output a directory by name", edit(t, "  path: out.bbsnap", "  path: build/"),
 			[]string{`t.yaml:14:9: output.path: "build/" names a directory; give the artifact's file name`}},
 		{"output an existing directory", edit(t, "  path: out.bbsnap", "  path: "+outDir),
-			[]string{`t.yaml:14:9: output.path: ` + outDir + ` is a directory; give the artifact's file name`}},
+			[]string{`t.yaml:14:9: output.path: ` + outDir + ` is a directory but not an artifact (no oci-layout file); the build replaces only an earlier artifact`}},
+		{"output an existing file", edit(t, "  path: out.bbsnap", "  path: "+outFile),
+			[]string{`t.yaml:14:9: output.path: ` + outFile + ` exists and is not a directory; an artifact is a directory (an OCI image layout)`}},
 		{"output over the key", edit(t, "  path: out.bbsnap", "  path: ./key"),
 			[]string{`t.yaml:14:9: output.path: ` + filepath.Join(cwd(t), "key") + ` is also output.signing-key; the artifact would overwrite it`}},
 		{"output over the recipe", edit(t, "  path: out.bbsnap", "  path: t.yaml"),

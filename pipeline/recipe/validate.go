@@ -218,8 +218,12 @@ func (v *validator) booted() {
 func (v *validator) output() {
 	o, g := v.r.Output, v.r.Guest
 	if v.check("output.path", o.Path != "", true) {
-		if fi, err := os.Stat(o.Path); err == nil && fi.IsDir() {
-			v.errorf("output.path", "%s is a directory; give the artifact's file name", o.Path)
+		if fi, err := os.Stat(o.Path); err == nil && !fi.IsDir() {
+			v.errorf("output.path", "%s exists and is not a directory; an artifact is a directory (an OCI image layout)", o.Path)
+		} else if err == nil {
+			if _, err := os.Stat(filepath.Join(o.Path, "oci-layout")); err != nil {
+				v.errorf("output.path", "%s is a directory but not an artifact (no oci-layout file); the build replaces only an earlier artifact", o.Path)
+			}
 		}
 		for _, in := range []struct{ key, path string }{
 			{"output.signing-key", o.SigningKey},

@@ -9,6 +9,8 @@
 package inventory
 
 import (
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -196,4 +198,15 @@ func sortEntries(es []Entry) {
 		}
 		return es[i].ID < es[j].ID
 	})
+}
+
+// Digest returns "sha256:" and the hex SHA-256 of the table's JSON
+// encoding, ordered as All orders it. Artifacts record it, so that a
+// snapshot names the device surface it was built against.
+func Digest() string {
+	b, err := json.Marshal(All())
+	if err != nil {
+		panic(err) // the table holds only plain values
+	}
+	return fmt.Sprintf("sha256:%x", sha256.Sum256(b))
 }

@@ -102,3 +102,32 @@ func setImmediateExit(run []byte, on bool) {
 		atomic.AndUint32(immediateExitWord(run), ^uint32(bit))
 	}
 }
+
+// MapFilePrivate maps len(dst) bytes of fd from offset 0 over dst,
+// copy-on-write (MAP_PRIVATE|MAP_FIXED): guest memory restored from a
+// snapshot blob shares the page cache's pages until the guest writes them.
+// dst must lie inside a mapping the caller made with unix.Mmap (guest
+// RAM) and keeps until the VM is closed; memory.Guest is the only caller.
+//
+// Sound: MAP_FIXED replaces pages of an existing mmap'd range in place, so
+// the range stays mapped, readable and writable at the same address and
+// length and no Go pointer is invalidated; the Go heap is not involved
+// because dst comes from mmap, which the caller guarantees; the checks
+// below keep the range page-aligned and non-empty, and the kernel refuses
+// a file shorter than the range only when it is touched (SIGBUS), which is
+// why callers check the file's size first.
+func MapFilePrivate(dst []byte, fd int) error {
+	page := uintptr(unix.Getpagesize())
+	if len(dst) == 0 || uintptr(len(dst))%page != 0 || uintptr(unsafe.Pointer(&dst[0]))%page != 0 {
+		return fmt.Errorf("map file: destination of %d bytes is empty or not page-aligned", len(dst))
+	}
+	addr := unsafe.Pointer(&dst[0])
+	got, err := unix.MmapPtr(fd, 0, addr, uintptr(len(dst)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED)
+	if err != nil {
+		return fmt.Errorf("map file over guest memory: %w", err)
+	}
+	if got != addr {
+		return fmt.Errorf("map file over guest memory: mapped at %p, not %p", got, addr)
+	}
+	return nil
+}

@@ -53,18 +53,44 @@ func TestValidateState(t *testing.T) {
 
 // FuzzStateValidate feeds mutated state blobs, as an artifact carries them,
 // to the decoder and the validator that run before Restore touches KVM.
+// FuzzStateValidate feeds mutated artifact state layers to the decoder
+// and the validator that resume runs before anything reaches KVM.
 func FuzzStateValidate(f *testing.F) {
-	b, err := json.Marshal(validState())
+	st := validState()
+	vcpus, devices, err := st.MarshalLayers()
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(b)
-	f.Add([]byte(`{"version":1,"cpus":1,"memory":67108864,"vcpus":[{}]}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		var st State
-		if json.Unmarshal(data, &st) != nil {
+	f.Add(vcpus, devices)
+	f.Add([]byte(`{"version":1,"vcpus":[{}]}`), []byte(`{"version":1,"cpus":1,"memory":67108864}`))
+	f.Fuzz(func(t *testing.T, vcpus, devices []byte) {
+		st, err := UnmarshalLayers(vcpus, devices)
+		if err != nil {
 			return
 		}
 		_ = st.Validate()
 	})
+}
+
+func TestStateLayersRoundTrip(t *testing.T) {
+	st := validState()
+	vcpus, devices, err := st.MarshalLayers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnmarshalLayers(vcpus, devices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := json.Marshal(st)
+	b, _ := json.Marshal(got)
+	if string(a) != string(b) {
+		t.Errorf("round trip changed the state:\n%s\n%s", a, b)
+	}
+	if _, err := UnmarshalLayers(vcpus, append(devices[:len(devices)-1:len(devices)-1], []byte(`,"extra":1}`)...)); err == nil {
+		t.Error("an unknown field in the device layer was accepted")
+	}
+	if _, err := UnmarshalLayers([]byte(`{"version":2,"vcpus":[]}`), devices); err == nil {
+		t.Error("layers of different versions were accepted")
+	}
 }

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bunkerbuild/bunkerbuild/pipeline"
+	"github.com/bunkerbuild/bunkerbuild/snapshots"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
+)
+
+// artifactErr gives errors about a bad artifact the bad-input exit status.
+func artifactErr(err error) error {
+	for _, e := range []error{snapshots.ErrMalformed, snapshots.ErrTruncated, snapshots.ErrVersion, snapshots.ErrLimit,
+		snapshots.ErrSignature, snapshots.ErrUnsigned, snapshots.ErrDigest, machine.ErrInvalid} {
+		if errors.Is(err, e) {
+			return cli.Exit("bunkerbuild: refusing the artifact: "+err.Error(), exitUsage)
+		}
+	}
+	return err
+}
+
+func keyFlag() cli.Flag {
+	return &cli.StringFlag{Name: "key", Required: true, Usage: "the builder's public key (PEM)"}
+}
+
+// openArtifact opens and verifies the artifact the command names.
+func openArtifact(c *cli.Context, what string) (*snapshots.Artifact, error) {
+	if c.NArg() != 1 {
+		return nil, usageError("%s takes one artifact directory", what)
+	}
+	pub, err := snapshots.LoadPublicKey(c.String("key"))
+	if err != nil {
+		return nil, usageError("--key: %v", err)
+	}
+	a, err := snapshots.Open(c.Args().First(), pub)
+	if err != nil {
+		return nil, artifactErr(err)
+	}
+	if err := a.Verify(); err != nil {
+		a.Close()
+		return nil, artifactErr(err)
+	}
+	return a, nil
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check an artifact's signature and the digest of every blob; exit 0 if it would resume",
+		ArgsUsage: "ARTIFACT",
+		Flags:     []cli.Flag{keyFlag()},
+		Action: func(c *cli.Context) error {
+			start := time.Now()
+			a, err := openArtifact(c, "verify")
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			fmt.Printf("%s: OK, signed by %s, %d MiB checked in %v\n", a, snapshots.KeyID(mustKey(c)), a.Size()>>20, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+func mustKey(c *cli.Context) []byte {
+	pub, _ := snapshots.LoadPublicKey(c.String("key"))
+	return pub
+}
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "verify an artifact and describe it: machine, inputs, memory and blobs",
+		ArgsUsage: "ARTIFACT",
+		Flags:     []cli.Flag{keyFlag(), &cli.BoolFlag{Name: "json", Usage: "print the verified config as JSON"}},
+		Action: func(c *cli.Context) error {
+			a, err := openArtifact(c, "inspect")
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			cfg := a.Config()
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(struct {
+					Digest string           `json:"digest"`
+					Config snapshots.Config `json:"config"`
+				}{a.Digest().String(), cfg})
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "artifact\t%s\n", a.Path())
+			fmt.Fprintf(w, "manifest\t%s\n", a.Digest())
+			fmt.Fprintf(w, "signed by\t%s\n", snapshots.KeyID(mustKey(c)))
+			fmt.Fprintf(w, "created\t%s by bunkerbuild %s\n", cfg.Created.Format(time.RFC3339), cfg.BuilderVersion)
+			fmt.Fprintf(w, "profiles\tbooted on %s, resumes on %s\n", cfg.BootProfile, cfg.ResumeProfile)
+			fmt.Fprintf(w, "inventory\t%s\n", cfg.InventoryDigest)
+			fmt.Fprintf(w, "machine\t%d vCPUs, %d MiB, %d CPUID leaves\n", cfg.VCPUs, cfg.Memory.Size()>>20, len(cfg.CPUID))
+			for _, s := range []struct {
+				name string
+				src  *snapshots.Source
+			}{{"recipe", cfg.Recipe}, {"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}} {
+				if s.src != nil {
+					fmt.Fprintf(w, "%s\t%s %s %s\n", s.name, s.src.Name, s.src.Digest, s.src.Release)
+				}
+			}
+			stored := cfg.Memory.StoredPages() * snapshots.PageSize
+			fmt.Fprintf(w, "memory\t%d MiB non-zero in %d chunks of %d MiB; %d MiB of blobs (%.2f x non-zero)\n",
+				stored>>20, len(cfg.Memory.Chunks), snapshots.ChunkSize>>20, a.Size()>>20, float64(a.Size())/float64(max(stored, 1)))
+			for k, v := range cfg.Labels {
+				fmt.Fprintf(w, "label\t%s=%s\n", k, v)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func resumeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "resume",
+		Usage:     "verify a signed artifact and resume its guest on the minimal VMM, console on this terminal (Ctrl-A x quits)",
+		ArgsUsage: "ARTIFACT",
+		Flags: []cli.Flag{
+			keyFlag(),
+			&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny or kill"},
+			&cli.BoolFlag{Name: "serial", Value: true, Usage: "keep COM1 as the console (an addition to the minimal profile)"},
+			&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, at exit"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageError("resume takes one artifact directory")
+			}
+			pub, err := snapshots.LoadPublicKey(c.String("key"))
+			if err != nil {
+				return usageError("--key: %v", err)
+			}
+			cfg, err := vmConfigFlags(c)
+			if err != nil {
+				return err
+			}
+			cfg.SerialConsole = c.Bool("serial")
+			create := func(cfg machine.Config) (*machine.Machine, error) {
+				r, err := pipeline.Resume(c.Args().First(), pub, cfg)
+				if err != nil {
+					return nil, artifactErr(err)
+				}
+				name := "?"
+				if r.Config.Recipe != nil {
+					name = r.Config.Recipe.Name
+				}
+				fmt.Fprintf(os.Stderr, "bunkerbuild: resuming %q (%s, built %s by bunkerbuild %s) on the minimal profile: verified in %v, restored in %v\n",
+					name, r.Digest, r.Config.Created.Format(time.RFC3339), r.Config.BuilderVersion,
+					r.Verify.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
+				return r.Machine, nil
+			}
+			// The minimal VMM has no firmware and no legacy devices: a guest
+			// that reboots cannot boot again here.
+			needsBoot := cli.Exit("the guest rebooted: a resumed guest cannot boot again on the minimal VMM; boot it through the pipeline again with bunkerbuild build", exitNeedsBoot)
+			return runConsole(c.Context, cfg, create, c.Bool("report"), needsBoot)
+		},
+	}
+}

@@ -1,0 +1,85 @@
+package snapshots
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/bits"
+)
+
+var zeroPage [PageSize]byte
+
+// isZero reports whether a page is all zero.
+func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:]) }
+
+// scanChunk returns the number of non-zero pages in data, a chunk.
+func scanChunk(data []byte) uint64 {
+	var n uint64
+	for off := 0; off < len(data); off += PageSize {
+		if !isZero(data[off : off+PageSize]) {
+			n++
+		}
+	}
+	return n
+}
+
+// writeChunk writes a chunk's layer to w in the encoding c has: raw, the
+// chunk's bytes; or sparse, a bitmap with bit i (bit i%8 of byte i/8) set
+// for each stored page i, followed by the stored pages in order. Pages
+// past the chunk's end have their bits clear.
+func writeChunk(w io.Writer, c Chunk, data []byte) error {
+	if c.encoding() == MediaTypeMemoryRaw {
+		_, err := w.Write(data)
+		return err
+	}
+	bitmap := make([]byte, bitmapLen(c.Size))
+	for i := uint64(0); i < c.Size/PageSize; i++ {
+		if !isZero(data[i*PageSize : (i+1)*PageSize]) {
+			bitmap[i/8] |= 1 << (i % 8)
+		}
+	}
+	if _, err := w.Write(bitmap); err != nil {
+		return err
+	}
+	for i := uint64(0); i < c.Size/PageSize; i++ {
+		if bitmap[i/8]&(1<<(i%8)) != 0 {
+			if _, err := w.Write(data[i*PageSize : (i+1)*PageSize]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkBitmap checks a sparse chunk's bitmap against the chunk: it must
+// mark exactly c.Pages pages, none past the chunk's end.
+func checkBitmap(c Chunk, bitmap []byte) error {
+	if uint64(len(bitmap)) != bitmapLen(c.Size) {
+		return fmt.Errorf("%w: bitmap of %d bytes, want %d", ErrMalformed, len(bitmap), bitmapLen(c.Size))
+	}
+	var n uint64
+	for _, b := range bitmap {
+		n += uint64(bits.OnesCount8(b))
+	}
+	if n != c.Pages {
+		return fmt.Errorf("%w: bitmap marks %d pages, the config says %d", ErrMalformed, n, c.Pages)
+	}
+	if extra := c.Size / PageSize % 8; extra != 0 && bitmap[len(bitmap)-1]>>extra != 0 {
+		return fmt.Errorf("%w: bitmap marks pages past the chunk's end", ErrMalformed)
+	}
+	return nil
+}
+
+// readSparse copies a sparse chunk's pages from r, positioned after the
+// bitmap, into dst, the chunk's zero-filled destination.
+func readSparse(r io.Reader, bitmap, dst []byte) error {
+	for i := 0; i < len(dst)/PageSize; i++ {
+		if bitmap[i/8]&(1<<(i%8)) == 0 {
+			continue
+		}
+		if _, err := io.ReadFull(r, dst[i*PageSize:(i+1)*PageSize]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,495 @@
+package snapshots
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"syscall"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Artifact is an opened artifact whose signature and manifest have been
+// verified. Its blobs are checked as they are read; [Artifact.Verify]
+// checks them all.
+type Artifact struct {
+	path     string
+	root     *os.Root
+	desc     ocispec.Descriptor // the snapshot manifest
+	manifest ocispec.Manifest
+	config   *Config
+	verified bool // Verify succeeded
+}
+
+// Open opens the artifact directory path and verifies, in this order, that
+// it is an OCI layout, that index.json names one snapshot manifest, that a
+// signature manifest for it carries an Ed25519 signature by pub over its
+// digest, that the manifest has that digest and is well formed, and that
+// the config it names has its digest and is valid. Nothing of the
+// artifact is trusted before its signature verifies, and nothing is
+// parsed beyond the small index and signature manifests before then.
+func Open(path string, pub ed25519.PublicKey) (*Artifact, error) {
+	if pub == nil {
+		return nil, errNoKey
+	}
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("open %s: public key is %d bytes, want %d", path, len(pub), ed25519.PublicKeySize)
+	}
+	root, err := os.OpenRoot(path)
+	if err != nil {
+		return nil, fmt.Errorf("open artifact: %w", err)
+	}
+	a := &Artifact{path: path, root: root}
+	if err := a.open(pub); err != nil {
+		root.Close()
+		return nil, fmt.Errorf("artifact %s: %w", path, err)
+	}
+	return a, nil
+}
+
+// Close releases the artifact's directory.
+func (a *Artifact) Close() error { return a.root.Close() }
+
+// Path returns the artifact's directory.
+func (a *Artifact) Path() string { return a.path }
+
+// Digest returns the digest of the snapshot manifest, which names the
+// artifact.
+func (a *Artifact) Digest() digest.Digest { return a.desc.Digest }
+
+// Config returns a copy of the verified config.
+func (a *Artifact) Config() Config {
+	c := *a.config
+	c.CPUID = slices.Clone(c.CPUID)
+	c.Memory.Regions = slices.Clone(c.Memory.Regions)
+	c.Memory.Chunks = slices.Clone(c.Memory.Chunks)
+	return c
+}
+
+// Layers returns the manifest's layer descriptors.
+func (a *Artifact) Layers() []ocispec.Descriptor { return slices.Clone(a.manifest.Layers) }
+
+// Size returns the bytes of the blobs the manifest names, config and
+// manifest included.
+func (a *Artifact) Size() int64 {
+	n := a.desc.Size + a.manifest.Config.Size
+	for _, l := range a.manifest.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+func (a *Artifact) open(pub ed25519.PublicKey) error {
+	layout, err := a.readFile(ocispec.ImageLayoutFile, 1<<10)
+	if err != nil {
+		return err
+	}
+	var lay ocispec.ImageLayout
+	if err := strictJSON(layout, &lay); err != nil || lay.Version != ocispec.ImageLayoutVersion {
+		return fmt.Errorf("%w: %s is not an OCI layout version %s", ErrMalformed, ocispec.ImageLayoutFile, ocispec.ImageLayoutVersion)
+	}
+	ib, err := a.readFile(ocispec.ImageIndexFile, MaxIndexSize)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(ib, &idx); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrMalformed, ocispec.ImageIndexFile, err)
+	}
+	if len(idx.Manifests) > MaxIndexEntries {
+		return fmt.Errorf("%w: %s lists %d manifests, over %d", ErrLimit, ocispec.ImageIndexFile, len(idx.Manifests), MaxIndexEntries)
+	}
+	var snaps, sigs []ocispec.Descriptor
+	for _, d := range idx.Manifests {
+		switch d.ArtifactType {
+		case ArtifactType:
+			snaps = append(snaps, d)
+		case SignatureArtifactType:
+			sigs = append(sigs, d)
+		}
+	}
+	if len(snaps) != 1 {
+		return fmt.Errorf("%w: %s lists %d snapshot manifests, want 1", ErrMalformed, ocispec.ImageIndexFile, len(snaps))
+	}
+	a.desc = snaps[0]
+	if err := checkDescriptor(a.desc, ocispec.MediaTypeImageManifest, MaxManifestSize); err != nil {
+		return fmt.Errorf("snapshot manifest: %w", err)
+	}
+	if err := a.checkSignatures(sigs, pub); err != nil {
+		return err
+	}
+	// From here on the manifest digest is trusted.
+	mb, err := a.readBlob(a.desc, MaxManifestSize)
+	if err != nil {
+		return fmt.Errorf("snapshot manifest: %w", err)
+	}
+	if err := strictJSON(mb, &a.manifest); err != nil {
+		return fmt.Errorf("%w: snapshot manifest: %w", ErrMalformed, err)
+	}
+	if err := a.checkManifest(); err != nil {
+		return err
+	}
+	cb, err := a.readBlob(a.manifest.Config, MaxConfigSize)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if a.config, err = decodeConfig(cb); err != nil {
+		return err
+	}
+	return a.checkLayers()
+}
+
+// checkSignatures accepts the artifact if one of the signature manifests
+// carries a signature by pub over the snapshot manifest's digest.
+func (a *Artifact) checkSignatures(sigs []ocispec.Descriptor, pub ed25519.PublicKey) error {
+	if len(sigs) == 0 {
+		return fmt.Errorf("%w: %s lists no signature manifest", ErrUnsigned, ocispec.ImageIndexFile)
+	}
+	var errs []error
+	for _, d := range sigs {
+		err := a.checkSignature(d, pub)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("signature manifest %s: %w", d.Digest, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Artifact) checkSignature(d ocispec.Descriptor, pub ed25519.PublicKey) error {
+	if err := checkDescriptor(d, ocispec.MediaTypeImageManifest, MaxSigManifest); err != nil {
+		return err
+	}
+	b, err := a.readBlob(d, MaxSigManifest)
+	if err != nil {
+		return err
+	}
+	var m ocispec.Manifest
+	if err := strictJSON(b, &m); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	switch {
+	case m.SchemaVersion != 2 || m.MediaType != ocispec.MediaTypeImageManifest || m.ArtifactType != SignatureArtifactType:
+		return fmt.Errorf("%w: not a signature manifest", ErrMalformed)
+	case m.Subject == nil || m.Subject.Digest != a.desc.Digest || m.Subject.Size != a.desc.Size:
+		return fmt.Errorf("%w: its subject is not the snapshot manifest", ErrSignature)
+	case len(m.Layers) != 1 || m.Layers[0].MediaType != MediaTypeSignature || m.Layers[0].Size != ed25519.SignatureSize:
+		return fmt.Errorf("%w: want one %s layer of %d bytes", ErrMalformed, MediaTypeSignature, ed25519.SignatureSize)
+	}
+	if err := checkDescriptor(m.Config, ocispec.MediaTypeEmptyJSON, int64(len(ocispec.DescriptorEmptyJSON.Data))); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if b, err := a.readBlob(m.Config, m.Config.Size); err != nil {
+		return fmt.Errorf("config: %w", err)
+	} else if !bytes.Equal(b, ocispec.DescriptorEmptyJSON.Data) {
+		return fmt.Errorf("%w: config is not the empty JSON object", ErrMalformed)
+	}
+	if err := checkDescriptor(m.Layers[0], MediaTypeSignature, ed25519.SignatureSize); err != nil {
+		return err
+	}
+	sig, err := a.readBlob(m.Layers[0], ed25519.SignatureSize)
+	if err != nil {
+		return err
+	}
+	return Verify(pub, a.desc.Digest, sig)
+}
+
+// checkManifest checks the snapshot manifest's shape: the config and the
+// two state layers, then memory layers.
+func (a *Artifact) checkManifest() error {
+	m := &a.manifest
+	switch {
+	case m.SchemaVersion != 2 || m.MediaType != ocispec.MediaTypeImageManifest:
+		return fmt.Errorf("%w: snapshot manifest has schema version %d and media type %q", ErrMalformed, m.SchemaVersion, m.MediaType)
+	case m.ArtifactType != ArtifactType:
+		return fmt.Errorf("%w: snapshot manifest has artifact type %q, want %q", ErrVersion, m.ArtifactType, ArtifactType)
+	case m.Subject != nil:
+		return fmt.Errorf("%w: snapshot manifest has a subject", ErrMalformed)
+	case len(m.Layers) < 2 || len(m.Layers) > 2+MaxChunks:
+		return fmt.Errorf("%w: snapshot manifest has %d layers", ErrMalformed, len(m.Layers))
+	}
+	if err := checkDescriptor(m.Config, MediaTypeConfig, MaxConfigSize); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	for i, want := range []string{MediaTypeVCPUState, MediaTypeDeviceState} {
+		if err := checkDescriptor(m.Layers[i], want, MaxStateSize); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// checkLayers checks the memory layers against the config's chunk list.
+func (a *Artifact) checkLayers() error {
+	chunks := a.config.Memory.Chunks
+	if len(a.manifest.Layers) != 2+len(chunks) {
+		return fmt.Errorf("%w: %d memory layers for %d chunks in the config", ErrMalformed, len(a.manifest.Layers)-2, len(chunks))
+	}
+	for i, c := range chunks {
+		l := a.manifest.Layers[i+2]
+		if err := checkDescriptor(l, c.encoding(), int64(c.storedSize())); err != nil {
+			return fmt.Errorf("memory chunk %d at %#x: %w", i, c.GPA, err)
+		}
+		if uint64(l.Size) != c.storedSize() {
+			return fmt.Errorf("%w: memory chunk %d at %#x: layer of %d bytes, the config implies %d", ErrMalformed, i, c.GPA, l.Size, c.storedSize())
+		}
+	}
+	return nil
+}
+
+// checkDescriptor checks a descriptor's media type, digest and size, and
+// refuses the fields that would make a reader look elsewhere.
+func checkDescriptor(d ocispec.Descriptor, mediaType string, max int64) error {
+	if d.MediaType != mediaType {
+		return fmt.Errorf("%w: media type %.80q, want %q", ErrMalformed, d.MediaType, mediaType)
+	}
+	if err := checkDigest(d.Digest); err != nil {
+		return err
+	}
+	if len(d.URLs) != 0 || d.Data != nil || d.Platform != nil {
+		return fmt.Errorf("%w: descriptor %s has urls, data or platform: blobs must be in the layout", ErrMalformed, d.Digest)
+	}
+	if d.Size <= 0 || d.Size > max {
+		return fmt.Errorf("%w: blob %s of %d bytes, want 1 to %d", ErrLimit, d.Digest, d.Size, max)
+	}
+	return nil
+}
+
+// strictJSON decodes one JSON value, refusing unknown fields and trailing
+// data.
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON value")
+	}
+	return nil
+}
+
+// readFile reads a small file of the layout, refusing one over max bytes.
+func (a *Artifact) readFile(name string, max int64) ([]byte, error) {
+	f, err := a.root.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: %s is over %d bytes", ErrLimit, name, max)
+	}
+	return b, nil
+}
+
+// openBlob opens the blob d names and checks that it is a regular file of
+// d's size.
+func (a *Artifact) openBlob(d ocispec.Descriptor) (*os.File, error) {
+	p, err := blobPath(d.Digest)
+	if err != nil {
+		return nil, err
+	}
+	f, err := a.root.Open(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: blob %s is missing", ErrTruncated, d.Digest)
+		}
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+	case !st.Mode().IsRegular():
+		err = fmt.Errorf("%w: blob %s is not a regular file", ErrMalformed, d.Digest)
+	case st.Size() < d.Size:
+		err = fmt.Errorf("%w: blob %s has %d bytes, the manifest says %d", ErrTruncated, d.Digest, st.Size(), d.Size)
+	case st.Size() > d.Size:
+		err = fmt.Errorf("%w: blob %s has %d bytes, the manifest says %d", ErrMalformed, d.Digest, st.Size(), d.Size)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// readBlob reads a blob of at most max bytes and checks its digest.
+func (a *Artifact) readBlob(d ocispec.Descriptor, max int64) ([]byte, error) {
+	if d.Size > max {
+		return nil, fmt.Errorf("%w: blob %s of %d bytes, over %d", ErrLimit, d.Digest, d.Size, max)
+	}
+	f, err := a.openBlob(d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, d.Size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("%w: blob %s: %w", ErrTruncated, d.Digest, err)
+	}
+	if got := digest.SHA256.FromBytes(b); got != d.Digest {
+		return nil, digestErr(d, got)
+	}
+	return b, nil
+}
+
+func digestErr(d ocispec.Descriptor, got digest.Digest) error {
+	return fmt.Errorf("%w: blob %s (%s) hashes to %s", ErrDigest, d.Digest, d.MediaType, got)
+}
+
+// VCPUState returns the verified vCPU state layer.
+func (a *Artifact) VCPUState() ([]byte, error) { return a.readBlob(a.manifest.Layers[0], MaxStateSize) }
+
+// DeviceState returns the verified device state layer.
+func (a *Artifact) DeviceState() ([]byte, error) {
+	return a.readBlob(a.manifest.Layers[1], MaxStateSize)
+}
+
+// Verify checks the digest of every layer, memory included, and the
+// structure of every sparse memory chunk.
+func (a *Artifact) Verify() error {
+	for i, l := range a.manifest.Layers {
+		if err := a.verifyLayer(i, l); err != nil {
+			return fmt.Errorf("artifact %s: layer %d: %w", a.path, i, err)
+		}
+	}
+	a.verified = true
+	return nil
+}
+
+func (a *Artifact) verifyLayer(i int, l ocispec.Descriptor) (err error) {
+	f, err := a.openBlob(l)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dg := digest.SHA256.Digester()
+	r := io.TeeReader(bufio.NewReaderSize(f, 1<<20), dg.Hash())
+	if l.MediaType == MediaTypeMemorySparse {
+		c := a.config.Memory.Chunks[i-2]
+		bitmap := make([]byte, bitmapLen(c.Size))
+		if _, err := io.ReadFull(r, bitmap); err != nil {
+			return fmt.Errorf("%w: %w", ErrTruncated, err)
+		}
+		defer func() {
+			if err == nil {
+				err = checkBitmap(c, bitmap)
+			}
+		}()
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	if got := dg.Digest(); got != l.Digest {
+		return digestErr(l, got)
+	}
+	return nil
+}
+
+// Mapper maps the whole of f, size bytes, over guest-physical memory at
+// gpa copy-on-write: afterwards the guest reads f's bytes there, and its
+// writes do not reach f.
+type Mapper func(gpa, size uint64, f *os.File) error
+
+// RestoreMemory fills guest memory, dst, from the artifact's memory
+// chunks. dst must be the config's regions, zero-filled. Call Verify
+// first: RestoreMemory refuses an artifact that has not been verified.
+// With a mapper, raw chunks are mapped copy-on-write from their blobs, so
+// that guests resumed from one artifact share the pages none of them has
+// written; sparse chunks are copied and their digests checked again as
+// they are read. If it fails, dst holds unverified bytes and the guest
+// must not run.
+func (a *Artifact) RestoreMemory(dst []MemRegion, mapper Mapper) error {
+	if !a.verified {
+		return errors.New("restore memory: the artifact has not been verified")
+	}
+	regions := a.config.Memory.Regions
+	if len(dst) != len(regions) {
+		return fmt.Errorf("restore memory: %d destination regions for %d regions in the artifact", len(dst), len(regions))
+	}
+	for i, r := range regions {
+		if dst[i].GPA != r.GPA || uint64(len(dst[i].Data)) != r.Size {
+			return fmt.Errorf("restore memory: destination region %d is %#x+%#x, the artifact's is %#x+%#x", i, dst[i].GPA, len(dst[i].Data), r.GPA, r.Size)
+		}
+	}
+	for i, c := range a.config.Memory.Chunks {
+		var target []byte
+		for j, r := range regions {
+			if c.GPA >= r.GPA && c.GPA-r.GPA < r.Size {
+				off := c.GPA - r.GPA
+				target = dst[j].Data[off : off+c.Size]
+			}
+		}
+		if err := a.restoreChunk(c, a.manifest.Layers[i+2], target, mapper); err != nil {
+			return fmt.Errorf("artifact %s: memory chunk %d at %#x: %w", a.path, i, c.GPA, err)
+		}
+	}
+	return nil
+}
+
+func (a *Artifact) restoreChunk(c Chunk, l ocispec.Descriptor, dst []byte, mapper Mapper) error {
+	f, err := a.openBlob(l)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if l.MediaType == MediaTypeMemoryRaw && mapper != nil {
+		if err := checkPrivate(f); err != nil {
+			return err
+		}
+		return mapper(c.GPA, c.Size, f)
+	}
+	dg := digest.SHA256.Digester()
+	r := io.TeeReader(bufio.NewReaderSize(f, 1<<20), dg.Hash())
+	if l.MediaType == MediaTypeMemoryRaw {
+		_, err = io.ReadFull(r, dst)
+	} else {
+		bitmap := make([]byte, bitmapLen(c.Size))
+		if _, err = io.ReadFull(r, bitmap); err == nil {
+			if err = checkBitmap(c, bitmap); err == nil {
+				err = readSparse(r, bitmap, dst)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if got := dg.Digest(); got != l.Digest {
+		return digestErr(l, got)
+	}
+	return nil
+}
+
+// checkPrivate refuses to map a blob others could change under the guest:
+// a MAP_PRIVATE mapping shows later writes to the file in pages the guest
+// has not written yet, so the file must be writable only by this user or
+// root.
+func checkPrivate(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("blob %s is writable by group or others (mode %v); not mapping it", f.Name(), st.Mode().Perm())
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 && sys.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("blob %s is owned by uid %d, neither root nor this user; not mapping it", f.Name(), sys.Uid)
+	}
+	return nil
+}
+
+// String describes the artifact in one line.
+func (a *Artifact) String() string {
+	return fmt.Sprintf("%s (%s, %d vCPUs, %d MiB)", a.path, a.desc.Digest, a.config.VCPUs, a.config.Memory.Size()>>20)
+}

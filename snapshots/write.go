@@ -1,0 +1,400 @@
+package snapshots
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	digest "github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+)
+
+// Contents is what an artifact holds.
+type Contents struct {
+	// Config describes the machine. Write fills in Format, Version and
+	// Memory from the other fields.
+	Config      Config
+	VCPUState   []byte      // MediaTypeVCPUState
+	DeviceState []byte      // MediaTypeDeviceState
+	Memory      []MemRegion // guest RAM, sorted by GPA
+}
+
+// MemRegion is a region of guest RAM and the host memory that holds it.
+type MemRegion struct {
+	GPA  uint64
+	Data []byte
+}
+
+// Written summarises a written artifact.
+type Written struct {
+	Manifest    digest.Digest // the snapshot manifest's digest, which the signature covers
+	Bytes       int64         // bytes of all blobs
+	MemoryBytes uint64        // guest memory size
+	StoredPages uint64        // non-zero pages stored
+	RawChunks   int           // chunks stored raw, mappable copy-on-write
+	Chunks      int
+}
+
+// Write writes a signed artifact for c as an OCI image layout directory at
+// out. It builds the artifact in a hidden directory next to out and
+// renames it into place only when every file is written and synced, so out
+// is either absent, the old artifact, or the complete new one. An existing
+// out is replaced only if it is an OCI layout. Cancelling ctx stops the
+// write and removes what it wrote.
+func Write(ctx context.Context, out string, c Contents, key ed25519.PrivateKey) (*Written, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("write %s: private key is %d bytes, want %d", out, len(key), ed25519.PrivateKeySize)
+	}
+	if err := checkReplaceable(out); err != nil {
+		return nil, err
+	}
+	removeStalePartials(out)
+	tmp, err := makePartial(out)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", out, err)
+	}
+	w := &layoutWriter{dir: tmp}
+	sum, err := w.write(ctx, c, key)
+	if err == nil {
+		err = publish(tmp, out)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("write %s: %w", out, err)
+	}
+	return sum, nil
+}
+
+// partialSuffix marks directories a writer is still filling; their names
+// hold the writer's PID so that a later writer can remove those of dead
+// ones.
+const partialSuffix = ".partial-"
+
+func makePartial(out string) (string, error) {
+	var r [4]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+partialSuffix+strconv.Itoa(os.Getpid())+"-"+hex.EncodeToString(r[:]))
+	return tmp, os.Mkdir(tmp, 0o755)
+}
+
+// removeStalePartials removes partial directories for out left by writers
+// that were killed.
+func removeStalePartials(out string) {
+	prefix := "." + filepath.Base(out) + partialSuffix
+	ents, _ := os.ReadDir(filepath.Dir(out))
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidText, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.RemoveAll(filepath.Join(filepath.Dir(out), e.Name()))
+		}
+	}
+}
+
+// checkReplaceable refuses an out that exists and is not an artifact, so
+// that a typo cannot replace a directory of something else.
+func checkReplaceable(out string) error {
+	st, err := os.Lstat(out)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case !st.IsDir():
+		return fmt.Errorf("write %s: it exists and is not an artifact directory", out)
+	}
+	if _, err := os.Stat(filepath.Join(out, ocispec.ImageLayoutFile)); err != nil {
+		return fmt.Errorf("write %s: it exists and is not an OCI layout (no %s); not replacing it", out, ocispec.ImageLayoutFile)
+	}
+	return nil
+}
+
+// publish moves the finished directory tmp to out, exchanging it with an
+// old artifact atomically if there is one.
+func publish(tmp, out string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, out, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EEXIST) {
+		if err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, out, unix.RENAME_EXCHANGE); err == nil {
+			os.RemoveAll(tmp) // now the old artifact
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("rename into place: %w", err)
+	}
+	return syncDir(filepath.Dir(out))
+}
+
+// layoutWriter writes blobs into an OCI layout directory.
+type layoutWriter struct {
+	dir   string
+	bytes int64
+}
+
+func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.PrivateKey) (*Written, error) {
+	if err := os.MkdirAll(filepath.Join(w.dir, "blobs", "sha256"), 0o755); err != nil {
+		return nil, err
+	}
+	cfg := c.Config
+	cfg.Format, cfg.Version = FormatName, FormatVersion
+	cfg.Memory = Memory{PageSize: PageSize, ChunkSize: ChunkSize}
+	if len(c.VCPUState) == 0 || len(c.VCPUState) > MaxStateSize || len(c.DeviceState) == 0 || len(c.DeviceState) > MaxStateSize {
+		return nil, fmt.Errorf("vCPU state of %d bytes and device state of %d bytes: each must be 1 to %d", len(c.VCPUState), len(c.DeviceState), MaxStateSize)
+	}
+	vcpu, err := w.putBytes(MediaTypeVCPUState, c.VCPUState)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := w.putBytes(MediaTypeDeviceState, c.DeviceState)
+	if err != nil {
+		return nil, err
+	}
+	layers := []ocispec.Descriptor{vcpu, dev}
+	sum := &Written{}
+	for _, r := range c.Memory {
+		if len(r.Data)%PageSize != 0 || len(r.Data) == 0 {
+			return nil, fmt.Errorf("memory region at %#x: %d bytes is not a positive number of pages", r.GPA, len(r.Data))
+		}
+		size := uint64(len(r.Data))
+		cfg.Memory.Regions = append(cfg.Memory.Regions, Region{GPA: r.GPA, Size: size})
+		sum.MemoryBytes += size
+		for off := uint64(0); off < size; off += ChunkSize {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			data := r.Data[off : off+min(ChunkSize, size-off)]
+			ch := Chunk{GPA: r.GPA + off, Size: uint64(len(data)), Pages: scanChunk(data)}
+			if ch.Pages == 0 {
+				continue
+			}
+			d, err := w.putChunk(ch, data)
+			if err != nil {
+				return nil, fmt.Errorf("memory chunk at %#x: %w", ch.GPA, err)
+			}
+			cfg.Memory.Chunks = append(cfg.Memory.Chunks, ch)
+			layers = append(layers, d)
+			sum.StoredPages += ch.Pages
+			if d.MediaType == MediaTypeMemoryRaw {
+				sum.RawChunks++
+			}
+		}
+	}
+	sum.Chunks = len(cfg.Memory.Chunks)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cb, err := encodeConfig(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(cb) > MaxConfigSize {
+		return nil, fmt.Errorf("%w: config of %d bytes, over %d", ErrLimit, len(cb), MaxConfigSize)
+	}
+	cd, err := w.putBytes(MediaTypeConfig, cb)
+	if err != nil {
+		return nil, err
+	}
+	man, err := w.putJSON(ocispec.MediaTypeImageManifest, ocispec.Manifest{
+		Versioned:    specs.Versioned{SchemaVersion: 2},
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: ArtifactType,
+		Config:       cd,
+		Layers:       layers,
+		Annotations:  map[string]string{ocispec.AnnotationCreated: cfg.Created.UTC().Format("2006-01-02T15:04:05Z")},
+	}, MaxManifestSize)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := w.sign(man, key)
+	if err != nil {
+		return nil, err
+	}
+	man.ArtifactType = ArtifactType
+	man.Annotations = map[string]string{ocispec.AnnotationRefName: DefaultTag}
+	if err := w.putFile(ocispec.ImageLayoutFile, mustJSON(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})); err != nil {
+		return nil, err
+	}
+	// index.json last: a directory without it is no OCI layout.
+	if err := w.putFile(ocispec.ImageIndexFile, mustJSON(ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{man, sig},
+	})); err != nil {
+		return nil, err
+	}
+	if err := syncDir(filepath.Join(w.dir, "blobs", "sha256")); err != nil {
+		return nil, err
+	}
+	if err := syncDir(w.dir); err != nil {
+		return nil, err
+	}
+	sum.Manifest = man.Digest
+	sum.Bytes = w.bytes
+	return sum, nil
+}
+
+// sign writes the signature manifest for man and returns its descriptor.
+func (w *layoutWriter) sign(man ocispec.Descriptor, key ed25519.PrivateKey) (ocispec.Descriptor, error) {
+	s, err := Sign(key, man.Digest)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	sd, err := w.putBytes(MediaTypeSignature, s)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	empty, err := w.putBytes(ocispec.MediaTypeEmptyJSON, []byte("{}"))
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	subject := man
+	subject.Annotations = nil
+	d, err := w.putJSON(ocispec.MediaTypeImageManifest, ocispec.Manifest{
+		Versioned:    specs.Versioned{SchemaVersion: 2},
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: SignatureArtifactType,
+		Config:       empty,
+		Layers:       []ocispec.Descriptor{sd},
+		Subject:      &subject,
+		Annotations:  map[string]string{AnnotationKeyID: KeyID(key.Public().(ed25519.PublicKey))},
+	}, MaxSigManifest)
+	d.ArtifactType = SignatureArtifactType
+	return d, err
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only fixed OCI types are encoded
+	}
+	return b
+}
+
+func (w *layoutWriter) putJSON(mediaType string, v any, max int) (ocispec.Descriptor, error) {
+	b := mustJSON(v)
+	if len(b) > max {
+		return ocispec.Descriptor{}, fmt.Errorf("%w: %s of %d bytes, over %d", ErrLimit, mediaType, len(b), max)
+	}
+	return w.putBytes(mediaType, b)
+}
+
+func (w *layoutWriter) putBytes(mediaType string, b []byte) (ocispec.Descriptor, error) {
+	return w.putBlob(mediaType, func(bw io.Writer) error {
+		_, err := bw.Write(b)
+		return err
+	})
+}
+
+func (w *layoutWriter) putChunk(c Chunk, data []byte) (ocispec.Descriptor, error) {
+	return w.putBlob(c.encoding(), func(bw io.Writer) error { return writeChunk(bw, c, data) })
+}
+
+// putBlob writes a blob through fill, names it by its digest and returns
+// its descriptor. An identical blob is stored once.
+func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (ocispec.Descriptor, error) {
+	dir := filepath.Join(w.dir, "blobs", "sha256")
+	f, err := os.CreateTemp(dir, ".blob-*")
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer func() {
+		if f != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	dg := digest.SHA256.Digester()
+	bw := bufio.NewWriterSize(io.MultiWriter(f, dg.Hash()), 1<<20)
+	cw := &countWriter{w: bw}
+	if err := fill(cw); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := bw.Flush(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: dg.Digest(), Size: cw.n}
+	path := filepath.Join(dir, d.Digest.Encoded())
+	if _, err := os.Stat(path); err == nil {
+		return d, nil // the same bytes are already stored
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := f.Close(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	f = nil
+	w.bytes += d.Size
+	return d, nil
+}
+
+func (w *layoutWriter) putFile(name string, b []byte) error {
+	f, err := os.CreateTemp(w.dir, ".file-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(w.dir, name))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	w.bytes += int64(len(b))
+	return err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
