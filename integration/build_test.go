@@ -223,7 +223,7 @@ func checkRefused(t *testing.T, ctx context.Context, dir, artifact, pubFile stri
 	}{
 		{"flipped memory byte", pubFile, "digest mismatch", func(p string) { l := layers(p); flip(l[len(l)-1]) }},
 		{"flipped vCPU state byte", pubFile, "digest mismatch", func(p string) { flip(layers(p)[0]) }},
-		{"flipped manifest byte", pubFile, "signature does not verify", func(p string) { flip(manifestBlob(t, p)) }},
+		{"flipped manifest byte", pubFile, "digest mismatch", func(p string) { flip(manifestBlob(t, p)) }},
 		{"flipped config byte", pubFile, "digest mismatch", func(p string) { flip(configBlob(t, p)) }},
 		{"truncated memory blob", pubFile, "truncated", func(p string) {
 			l := layers(p)

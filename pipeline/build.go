@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/guestimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/recipe"
@@ -27,6 +28,9 @@ import (
 
 // StateBlob is the artifact blob holding the machine state.
 const StateBlob = "machine/state"
+
+// stagePrefix names boot stage directories in $TMPDIR.
+const stagePrefix = "bunkerbuild-stage-"
 
 // Runner runs the boot stage: the command argv, which may read inputs and
 // use devices, and writes only into dir.
@@ -79,7 +83,9 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	}
 	// The stage directory holds a sparse copy of guest memory: keep it on
 	// local temporary storage ($TMPDIR), not next to the output.
-	dir, err := os.MkdirTemp("", "bunkerbuild-stage-*")
+	// A build that was killed left its stage directory: remove those.
+	fsutil.RemoveStale(os.TempDir(), stagePrefix)
+	dir, err := fsutil.OwnedDir(os.TempDir(), stagePrefix)
 	if err != nil {
 		return "", fmt.Errorf("stage directory: %w", err)
 	}
@@ -97,7 +103,7 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	if err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, SpecFile), b); err != nil {
+	if err := fsutil.WriteBytes(filepath.Join(dir, SpecFile), 0o600, b); err != nil {
 		return "", err
 	}
 	inputs := []string{kernel}

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"crypto/ed25519"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
@@ -66,7 +65,7 @@ func Resume(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, e
 		for i, r := range regions {
 			dst = append(dst, snapshots.MemRegion{GPA: r.GPA, Data: maps[i]})
 		}
-		return a.RestoreMemory(dst, func(gpa, size uint64, f *os.File) error { return g.MapFile(gpa, size, f) })
+		return a.RestoreMemory(dst, g.MapFile)
 	})
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
@@ -139,7 +140,7 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, StateFile), b); err != nil {
+	if err := fsutil.WriteBytes(filepath.Join(dir, StateFile), 0o600, b); err != nil {
 		return err
 	}
 	fmt.Fprintf(progress, "captured %d vCPUs and %d MiB of memory after %v\n", len(st.VCPUs), st.Memory>>20, time.Since(start).Round(time.Millisecond))
@@ -220,26 +221,3 @@ func writeSparse(f *os.File, mem []byte) error {
 var zeroPage [memory.PageSize]byte
 
 func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:len(p)]) }
-
-// writeFileAtomic writes b to path through a temporary file and a rename.
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}

@@ -24,15 +24,17 @@ func scanChunk(data []byte) uint64 {
 }
 
 // writeChunk writes a chunk's layer to w in the encoding c has: raw, the
-// chunk's bytes; or sparse, a bitmap with bit i (bit i%8 of byte i/8) set
-// for each stored page i, followed by the stored pages in order. Pages
-// past the chunk's end have their bits clear.
+// chunk's bytes; or sparse, a one-page header holding a bitmap with bit i
+// (bit i%8 of byte i/8) set for each stored page i, the rest of the page
+// zero, followed by the stored pages in order. Pages past the chunk's end
+// have their bits clear. The header keeps every stored page page-aligned
+// in the blob, so that it can be mapped into guest memory.
 func writeChunk(w io.Writer, c Chunk, data []byte) error {
 	if c.encoding() == MediaTypeMemoryRaw {
 		_, err := w.Write(data)
 		return err
 	}
-	bitmap := make([]byte, bitmapLen(c.Size))
+	bitmap := make([]byte, PageSize)
 	for i := uint64(0); i < c.Size/PageSize; i++ {
 		if !isZero(data[i*PageSize : (i+1)*PageSize]) {
 			bitmap[i/8] |= 1 << (i % 8)
@@ -51,11 +53,18 @@ func writeChunk(w io.Writer, c Chunk, data []byte) error {
 	return nil
 }
 
-// checkBitmap checks a sparse chunk's bitmap against the chunk: it must
-// mark exactly c.Pages pages, none past the chunk's end.
-func checkBitmap(c Chunk, bitmap []byte) error {
-	if uint64(len(bitmap)) != bitmapLen(c.Size) {
-		return fmt.Errorf("%w: bitmap of %d bytes, want %d", ErrMalformed, len(bitmap), bitmapLen(c.Size))
+// checkBitmap checks a sparse chunk's header against the chunk: its
+// bitmap must mark exactly c.Pages pages, none past the chunk's end, and
+// the rest of the header must be zero.
+func checkBitmap(c Chunk, header []byte) error {
+	if len(header) != PageSize {
+		return fmt.Errorf("%w: sparse chunk header of %d bytes, want %d", ErrMalformed, len(header), PageSize)
+	}
+	bitmap := header[:bitmapLen(c.Size)]
+	for _, b := range header[len(bitmap):] {
+		if b != 0 {
+			return fmt.Errorf("%w: sparse chunk header has bytes set past its bitmap", ErrMalformed)
+		}
 	}
 	var n uint64
 	for _, b := range bitmap {
@@ -80,6 +89,28 @@ func readSparse(r io.Reader, bitmap, dst []byte) error {
 		if _, err := io.ReadFull(r, dst[i*PageSize:(i+1)*PageSize]); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// runs calls f for each run of consecutive stored pages in a sparse
+// chunk's bitmap: the run's first page in the chunk, its first page in the
+// blob's page data, and its length in pages.
+func runs(bitmap []byte, pages uint64, f func(page, stored, n uint64) error) error {
+	var stored uint64
+	for i := uint64(0); i < pages; {
+		if bitmap[i/8]&(1<<(i%8)) == 0 {
+			i++
+			continue
+		}
+		start := i
+		for i < pages && bitmap[i/8]&(1<<(i%8)) != 0 {
+			i++
+		}
+		if err := f(start, stored, i-start); err != nil {
+			return err
+		}
+		stored += i - start
 	}
 	return nil
 }

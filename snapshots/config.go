@@ -299,8 +299,9 @@ func (c Chunk) storedSize() uint64 {
 	if c.encoding() == MediaTypeMemoryRaw {
 		return c.Size
 	}
-	return bitmapLen(c.Size) + c.Pages*PageSize
+	return PageSize + c.Pages*PageSize // the header page, then the pages
 }
 
-// bitmapLen is the size of a sparse chunk's page bitmap.
+// bitmapLen is the size of a sparse chunk's page bitmap, at the start of
+// its header page: at most PageSize, as ChunkSize/PageSize/8 is.
 func bitmapLen(size uint64) uint64 { return (size/PageSize + 7) / 8 }

@@ -160,11 +160,11 @@ func TestSignVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name     string
-		pub      ed25519.PublicKey
-		msg digest.Digest
-		sig []byte
-		is  error
+		name string
+		pub  ed25519.PublicKey
+		msg  digest.Digest
+		sig  []byte
+		is   error
 	}{
 		{"other key", other, msg, sig, ErrSignature},
 		{"changed digest", pub, digest.FromString("other manifest"), sig, ErrSignature},

@@ -378,7 +378,7 @@ func (a *Artifact) verifyLayer(i int, l ocispec.Descriptor) (err error) {
 	r := io.TeeReader(bufio.NewReaderSize(f, 1<<20), dg.Hash())
 	if l.MediaType == MediaTypeMemorySparse {
 		c := a.config.Memory.Chunks[i-2]
-		bitmap := make([]byte, bitmapLen(c.Size))
+		bitmap := make([]byte, PageSize)
 		if _, err := io.ReadFull(r, bitmap); err != nil {
 			return fmt.Errorf("%w: %w", ErrTruncated, err)
 		}
@@ -397,18 +397,19 @@ func (a *Artifact) verifyLayer(i int, l ocispec.Descriptor) (err error) {
 	return nil
 }
 
-// Mapper maps the whole of f, size bytes, over guest-physical memory at
-// gpa copy-on-write: afterwards the guest reads f's bytes there, and its
-// writes do not reach f.
-type Mapper func(gpa, size uint64, f *os.File) error
+// Mapper maps size bytes of f from offset off over guest-physical memory
+// at gpa, copy-on-write: afterwards the guest reads f's bytes there, and
+// its writes do not reach f. gpa, size and off are page-aligned.
+type Mapper func(gpa, size uint64, f *os.File, off int64) error
 
 // RestoreMemory fills guest memory, dst, from the artifact's memory
 // chunks. dst must be the config's regions, zero-filled. Call Verify
 // first: RestoreMemory refuses an artifact that has not been verified.
-// With a mapper, raw chunks are mapped copy-on-write from their blobs, so
-// that guests resumed from one artifact share the pages none of them has
-// written; sparse chunks are copied and their digests checked again as
-// they are read. If it fails, dst holds unverified bytes and the guest
+// With a mapper, every stored page is mapped copy-on-write from its blob
+// (raw chunks whole, sparse chunks run by run), so that guests resumed
+// from one artifact share the pages none of them has written; without
+// one, the chunks are copied and their digests checked again as they are
+// read. If it fails, dst holds unverified bytes and the guest
 // must not run.
 func (a *Artifact) RestoreMemory(dst []MemRegion, mapper Mapper) error {
 	if !a.verified {
@@ -444,21 +445,18 @@ func (a *Artifact) restoreChunk(c Chunk, l ocispec.Descriptor, dst []byte, mappe
 		return err
 	}
 	defer f.Close()
-	if l.MediaType == MediaTypeMemoryRaw && mapper != nil {
-		if err := checkPrivate(f); err != nil {
-			return err
-		}
-		return mapper(c.GPA, c.Size, f)
+	if mapper != nil {
+		return mapChunk(c, l, f, mapper)
 	}
 	dg := digest.SHA256.Digester()
 	r := io.TeeReader(bufio.NewReaderSize(f, 1<<20), dg.Hash())
 	if l.MediaType == MediaTypeMemoryRaw {
 		_, err = io.ReadFull(r, dst)
 	} else {
-		bitmap := make([]byte, bitmapLen(c.Size))
-		if _, err = io.ReadFull(r, bitmap); err == nil {
-			if err = checkBitmap(c, bitmap); err == nil {
-				err = readSparse(r, bitmap, dst)
+		header := make([]byte, PageSize)
+		if _, err = io.ReadFull(r, header); err == nil {
+			if err = checkBitmap(c, header); err == nil {
+				err = readSparse(r, header, dst)
 			}
 		}
 	}
@@ -469,6 +467,27 @@ func (a *Artifact) restoreChunk(c Chunk, l ocispec.Descriptor, dst []byte, mappe
 		return digestErr(l, got)
 	}
 	return nil
+}
+
+// mapChunk maps a verified chunk's pages from its blob: a raw chunk whole,
+// a sparse one run of stored pages by run.
+func mapChunk(c Chunk, l ocispec.Descriptor, f *os.File, mapper Mapper) error {
+	if err := checkPrivate(f); err != nil {
+		return err
+	}
+	if l.MediaType == MediaTypeMemoryRaw {
+		return mapper(c.GPA, c.Size, f, 0)
+	}
+	header := make([]byte, PageSize)
+	if _, err := io.ReadFull(f, header); err != nil {
+		return fmt.Errorf("%w: %w", ErrTruncated, err)
+	}
+	if err := checkBitmap(c, header); err != nil {
+		return err
+	}
+	return runs(header, c.Size/PageSize, func(page, stored, n uint64) error {
+		return mapper(c.GPA+page*PageSize, n*PageSize, f, int64(PageSize+stored*PageSize))
+	})
 }
 
 // checkPrivate refuses to map a blob others could change under the guest:

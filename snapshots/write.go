@@ -4,17 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -60,8 +57,11 @@ func Write(ctx context.Context, out string, c Contents, key ed25519.PrivateKey) 
 	if err := checkReplaceable(out); err != nil {
 		return nil, err
 	}
-	removeStalePartials(out)
-	tmp, err := makePartial(out)
+	fsutil.RemoveStale(filepath.Dir(out), partialPrefix(out))
+	tmp, err := fsutil.OwnedDir(filepath.Dir(out), partialPrefix(out))
+	if err == nil {
+		err = os.Chmod(tmp, 0o755) // readable by the hosts that resume it
+	}
 	if err != nil {
 		return nil, fmt.Errorf("write %s: %w", out, err)
 	}
@@ -77,40 +77,10 @@ func Write(ctx context.Context, out string, c Contents, key ed25519.PrivateKey) 
 	return sum, nil
 }
 
-// partialSuffix marks directories a writer is still filling; their names
-// hold the writer's PID so that a later writer can remove those of dead
-// ones.
-const partialSuffix = ".partial-"
-
-func makePartial(out string) (string, error) {
-	var r [4]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		return "", err
-	}
-	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+partialSuffix+strconv.Itoa(os.Getpid())+"-"+hex.EncodeToString(r[:]))
-	return tmp, os.Mkdir(tmp, 0o755)
-}
-
-// removeStalePartials removes partial directories for out left by writers
-// that were killed.
-func removeStalePartials(out string) {
-	prefix := "." + filepath.Base(out) + partialSuffix
-	ents, _ := os.ReadDir(filepath.Dir(out))
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok || !e.IsDir() {
-			continue
-		}
-		pidText, _, _ := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidText)
-		if err != nil || pid <= 0 || pid == os.Getpid() {
-			continue
-		}
-		if unix.Kill(pid, 0) == unix.ESRCH {
-			os.RemoveAll(filepath.Join(filepath.Dir(out), e.Name()))
-		}
-	}
-}
+// partialPrefix returns the prefix of the hidden directories a writer of
+// out fills; fsutil puts the writer's PID after it, so that a later writer
+// can remove those of killed ones.
+func partialPrefix(out string) string { return "." + filepath.Base(out) + ".partial-" }
 
 // checkReplaceable refuses an out that exists and is not an artifact, so
 // that a typo cannot replace a directory of something else.
@@ -142,7 +112,7 @@ func publish(tmp, out string) error {
 	if err != nil {
 		return fmt.Errorf("rename into place: %w", err)
 	}
-	return syncDir(filepath.Dir(out))
+	return fsutil.SyncDir(filepath.Dir(out))
 }
 
 // layoutWriter writes blobs into an OCI layout directory.
@@ -242,10 +212,10 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 	})); err != nil {
 		return nil, err
 	}
-	if err := syncDir(filepath.Join(w.dir, "blobs", "sha256")); err != nil {
+	if err := fsutil.SyncDir(filepath.Join(w.dir, "blobs", "sha256")); err != nil {
 		return nil, err
 	}
-	if err := syncDir(w.dir); err != nil {
+	if err := fsutil.SyncDir(w.dir); err != nil {
 		return nil, err
 	}
 	sum.Manifest = man.Digest
@@ -355,28 +325,8 @@ func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (oc
 }
 
 func (w *layoutWriter) putFile(name string, b []byte) error {
-	f, err := os.CreateTemp(w.dir, ".file-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(w.dir, name))
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
 	w.bytes += int64(len(b))
-	return err
+	return fsutil.WriteBytes(filepath.Join(w.dir, name), 0o644, b)
 }
 
 type countWriter struct {
@@ -388,13 +338,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -20,7 +20,7 @@ func artifactErr(err error) error {
 	for _, e := range []error{snapshots.ErrMalformed, snapshots.ErrTruncated, snapshots.ErrVersion, snapshots.ErrLimit,
 		snapshots.ErrSignature, snapshots.ErrUnsigned, snapshots.ErrDigest, machine.ErrInvalid} {
 		if errors.Is(err, e) {
-			return cli.Exit("bunkerbuild: refusing the artifact: "+err.Error(), exitUsage)
+			return cli.Exit("refusing the artifact: "+err.Error(), exitUsage)
 		}
 	}
 	return err

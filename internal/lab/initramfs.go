@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"io"
 	"io/fs"
 	"os"
@@ -104,7 +105,10 @@ func initramfs(ctx context.Context, cfg Config, k kernel) (string, error) {
 	if err := buildInit(ctx, goBin, sources, filepath.Join(tmp, "src"), initBin); err != nil {
 		return "", err
 	}
-	err = writeFileAtomic(final, func(w io.Writer) error {
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return "", err
+	}
+	err = fsutil.WriteFile(final, 0o644, func(w io.Writer) error {
 		return writeInitramfs(w, initBin, k, loads)
 	})
 	if err != nil {
@@ -214,29 +218,4 @@ func writeRunInitrd(dst, base string, req labproto.Request) error {
 		return fmt.Errorf("write run initrd: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic creates path with the bytes write produces, through a
-// temporary file in the same directory, so that path is never partial.
-func writeFileAtomic(path string, write func(io.Writer) error) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -103,7 +103,7 @@ func setImmediateExit(run []byte, on bool) {
 	}
 }
 
-// MapFilePrivate maps len(dst) bytes of fd from offset 0 over dst,
+// MapFilePrivate maps len(dst) bytes of fd from offset off over dst,
 // copy-on-write (MAP_PRIVATE|MAP_FIXED): guest memory restored from a
 // snapshot blob shares the page cache's pages until the guest writes them.
 // dst must lie inside a mapping the caller made with unix.Mmap (guest
@@ -116,13 +116,13 @@ func setImmediateExit(run []byte, on bool) {
 // below keep the range page-aligned and non-empty, and the kernel refuses
 // a file shorter than the range only when it is touched (SIGBUS), which is
 // why callers check the file's size first.
-func MapFilePrivate(dst []byte, fd int) error {
+func MapFilePrivate(dst []byte, fd int, off int64) error {
 	page := uintptr(unix.Getpagesize())
-	if len(dst) == 0 || uintptr(len(dst))%page != 0 || uintptr(unsafe.Pointer(&dst[0]))%page != 0 {
-		return fmt.Errorf("map file: destination of %d bytes is empty or not page-aligned", len(dst))
+	if len(dst) == 0 || uintptr(len(dst))%page != 0 || uintptr(unsafe.Pointer(&dst[0]))%page != 0 || off < 0 || uintptr(off)%page != 0 {
+		return fmt.Errorf("map file: destination of %d bytes or offset %d is empty or not page-aligned", len(dst), off)
 	}
 	addr := unsafe.Pointer(&dst[0])
-	got, err := unix.MmapPtr(fd, 0, addr, uintptr(len(dst)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED)
+	got, err := unix.MmapPtr(fd, off, addr, uintptr(len(dst)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED)
 	if err != nil {
 		return fmt.Errorf("map file over guest memory: %w", err)
 	}

@@ -81,23 +81,23 @@ func (g *Guest) ReadAt(b []byte, gpa uint64) error {
 	return nil
 }
 
-// MapFile maps the whole of f, which must be exactly n bytes long, over
-// guest-physical [gpa, gpa+n) copy-on-write: the guest reads f's bytes and
-// its writes stay private. Guests mapping one file share the pages none of
-// them has written. f may be closed afterwards.
-func (g *Guest) MapFile(gpa, n uint64, f *os.File) error {
+// MapFile maps n bytes of f from offset off over guest-physical
+// [gpa, gpa+n) copy-on-write: the guest reads f's bytes and its writes
+// stay private. Guests mapping one file share the pages none of them has
+// written. f may be closed afterwards.
+func (g *Guest) MapFile(gpa, n uint64, f *os.File, off int64) error {
 	st, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	if !st.Mode().IsRegular() || uint64(st.Size()) != n {
-		return fmt.Errorf("map %s over guest memory at %#x: %d bytes, want a regular file of %d", f.Name(), gpa, st.Size(), n)
+	if !st.Mode().IsRegular() || off < 0 || uint64(st.Size()) < uint64(off) || uint64(st.Size())-uint64(off) < n {
+		return fmt.Errorf("map %s at offset %d over guest memory at %#x: file of %d bytes, want a regular file with %d bytes there", f.Name(), off, gpa, st.Size(), n)
 	}
 	dst, err := g.Slice(gpa, n)
 	if err != nil {
 		return err
 	}
-	if err := kvm.MapFilePrivate(dst, int(f.Fd())); err != nil {
+	if err := kvm.MapFilePrivate(dst, int(f.Fd()), off); err != nil {
 		return fmt.Errorf("%s at %#x: %w", f.Name(), gpa, err)
 	}
 	_ = unix.Madvise(dst, unix.MADV_DONTDUMP)

@@ -1,7 +1,11 @@
 package memory
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -73,6 +77,67 @@ func TestNewRejects(t *testing.T) {
 		if g, err := New(size); err == nil {
 			g.Close()
 			t.Errorf("New(%d) succeeded", size)
+		}
+	}
+}
+
+// TestMapFile maps a file over guest memory copy-on-write: the guest sees
+// the file, its writes stay private, and two guests mapping one file each
+// keep their own writes.
+func TestMapFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "blob")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 3*PageSize/16)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var gs []*Guest
+	for range 2 {
+		g, err := New(MinSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if err := g.MapFile(16*PageSize, 2*PageSize, f, PageSize); err != nil {
+			t.Fatal(err)
+		}
+		gs = append(gs, g)
+	}
+	got := make([]byte, 2*PageSize)
+	if err := gs[0].ReadAt(got, 16*PageSize); err != nil || !bytes.Equal(got, data[PageSize:]) {
+		t.Fatalf("guest reads %q..., want the file's second and third pages (%v)", got[:16], err)
+	}
+	gs[0].WriteAt([]byte("guest 0"), 16*PageSize)
+	gs[1].WriteAt([]byte("guest 1"), 16*PageSize)
+	for i, g := range gs {
+		g.ReadAt(got[:7], 16*PageSize)
+		if want := fmt.Sprintf("guest %d", i); string(got[:7]) != want {
+			t.Errorf("guest %d reads %q, want its own write %q", i, got[:7], want)
+		}
+	}
+	if b, _ := os.ReadFile(path); !bytes.Equal(b, data) {
+		t.Error("a guest write reached the file")
+	}
+	// Around the mapping, memory is still the guest's zeroed RAM.
+	gs[0].ReadAt(got[:PageSize], 15*PageSize)
+	if !bytes.Equal(got[:PageSize], make([]byte, PageSize)) {
+		t.Error("the page before the mapping is not zero")
+	}
+	for _, bad := range []struct {
+		gpa, n uint64
+		off    int64
+	}{
+		{16 * PageSize, 3 * PageSize, PageSize}, // past the file's end
+		{16*PageSize + 1, PageSize, 0},          // unaligned address
+		{16 * PageSize, PageSize, 1},            // unaligned offset
+		{MinSize, PageSize, 0},                  // outside RAM
+	} {
+		if err := gs[0].MapFile(bad.gpa, bad.n, f, bad.off); err == nil {
+			t.Errorf("MapFile(%#x, %#x, off %d) succeeded", bad.gpa, bad.n, bad.off)
 		}
 	}
 }
