@@ -49,28 +49,38 @@ type BuildOptions struct {
 	Version string
 }
 
+// Result describes a build.
+type Result struct {
+	Path     string             // the artifact
+	Digest   string             // its manifest digest
+	Stage    StageTiming        // the boot stage's own timing
+	Sign     time.Duration      // writing and signing the artifact
+	Total    time.Duration      // the whole build
+	Artifact *snapshots.Written // what the artifact holds
+}
+
 // Build boots the recipe's guest, captures it once booted, and writes the
-// signed artifact to the recipe's output path. It returns the path.
-func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error) {
+// signed artifact to the recipe's output path.
+func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, error) {
 	p := newProgress(o.Progress)
 	start := time.Now()
 	if len(o.StageCommand) == 0 || o.Run == nil {
-		return "", errors.New("build: no boot stage command or runner")
+		return nil, errors.New("build: no boot stage command or runner")
 	}
 	switch {
 	case r.Guest.Disk != "":
-		return "", r.Errorf("guest.disk", "booting from a disk image is not supported yet")
+		return nil, r.Errorf("guest.disk", "booting from a disk image is not supported yet")
 	}
 	// Load the key before booting anything: a missing key should not cost a boot.
 	key, err := snapshots.LoadPrivateKey(r.Output.SigningKey)
 	if err != nil {
-		return "", fmt.Errorf("%v: signing key: %w (make one with: bunkerbuild keygen %s KEY.pub)", r.Pos("output.signing-key"), err, r.Output.SigningKey)
+		return nil, fmt.Errorf("%v: signing key: %w (make one with: bunkerbuild keygen %s KEY.pub)", r.Pos("output.signing-key"), err, r.Output.SigningKey)
 	}
 
 	p.stage("guest", "resolving the kernel and initramfs")
 	kernel, initrd, err := resolveGuest(ctx, r, o.CacheDir, p)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	p.step("kernel %s", kernel)
 	if initrd != "" {
@@ -79,7 +89,7 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 
 	p.stage("boot", "booting on the full-device VMM in an isolated child (%d vCPUs, %d MiB)", r.Machine.CPUs, r.Machine.Memory>>20)
 	if err := os.MkdirAll(filepath.Dir(r.Output.Path), 0o755); err != nil {
-		return "", fmt.Errorf("output directory: %w", err)
+		return nil, fmt.Errorf("output directory: %w", err)
 	}
 	// The stage directory holds a sparse copy of guest memory: keep it on
 	// local temporary storage ($TMPDIR), not next to the output.
@@ -87,7 +97,7 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	fsutil.RemoveStale(os.TempDir(), stagePrefix)
 	dir, err := fsutil.OwnedDir(os.TempDir(), stagePrefix)
 	if err != nil {
-		return "", fmt.Errorf("stage directory: %w", err)
+		return nil, fmt.Errorf("stage directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	spec := StageSpec{Kernel: kernel, Initrd: initrd, Cmdline: r.Guest.Cmdline, Memory: r.Machine.Memory, CPUs: r.Machine.CPUs,
@@ -101,10 +111,10 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if err := fsutil.WriteBytes(filepath.Join(dir, SpecFile), 0o600, b); err != nil {
-		return "", err
+		return nil, err
 	}
 	inputs := []string{kernel}
 	if initrd != "" {
@@ -113,7 +123,10 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 	argv := append(append([]string(nil), o.StageCommand...), dir)
 	bootStart := time.Now()
 	if err := o.Run(ctx, argv, inputs, []string{"/dev/kvm"}, dir, p.prefixed("  boot: ")); err != nil {
-		return "", fmt.Errorf("boot stage: %w%s", err, consoleTail(dir))
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("boot stage: interrupted, the isolated child is gone: %w", context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("boot stage: %w%s", err, consoleTail(dir))
 	}
 	p.step("booted and captured in %v", time.Since(bootStart).Round(time.Millisecond))
 
@@ -122,25 +135,32 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (string, error
 		BootProfile: inventory.Full.String(), ResumeProfile: inventory.Minimal.String(),
 		InventoryDigest: digest.Digest(inventory.Digest()), VCPUs: r.Machine.CPUs}
 	if cfg.Recipe, err = source(r.File, r.Name, ""); err != nil {
-		return "", err
+		return nil, err
 	}
 	if cfg.Kernel, err = source(kernel, filepath.Base(kernel), kernelRelease(kernel)); err != nil {
-		return "", err
+		return nil, err
 	}
 	if initrd != "" {
 		if cfg.Initrd, err = source(initrd, filepath.Base(initrd), ""); err != nil {
-			return "", err
+			return nil, err
 		}
 	}
+	var timing StageTiming
+	if b, err := readBounded(filepath.Join(dir, TimingFile), 4096); err != nil || json.Unmarshal(b, &timing) != nil {
+		return nil, fmt.Errorf("boot stage output %s: missing or malformed (%v)", TimingFile, err)
+	}
+	signStart := time.Now()
 	sum, err := writeArtifact(ctx, dir, r.Output.Path, r.Machine.Memory, cfg, key)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	p.step("signed with key %s: manifest %s", snapshots.KeyID(key.Public().(ed25519.PublicKey)), sum.Manifest)
 	p.step("%d MiB of blobs for %d MiB of guest memory (%d MiB non-zero; %d chunks, %d raw)",
 		sum.Bytes>>20, sum.MemoryBytes>>20, sum.StoredPages*snapshots.PageSize>>20, sum.Chunks, sum.RawChunks)
-	p.done("built %s in %v", r.Output.Path, time.Since(start).Round(time.Millisecond))
-	return r.Output.Path, nil
+	res := &Result{Path: r.Output.Path, Digest: sum.Manifest.String(), Stage: timing, Sign: time.Since(signStart), Total: time.Since(start), Artifact: sum}
+	p.done("built %s in %v (boot %v, capture %v, sign %v)", r.Output.Path, res.Total.Round(time.Millisecond),
+		timing.Boot.Round(time.Millisecond), timing.Capture.Round(time.Millisecond), res.Sign.Round(time.Millisecond))
+	return res, nil
 }
 
 // source identifies a build input by its contents.

@@ -44,6 +44,7 @@ const (
 	StateFile   = "state.json"
 	ConsoleFile = "console.log"
 	VMMLogFile  = "vmm.log"
+	TimingFile  = "timing.json"
 	memoryFile  = "memory-%d.raw"
 )
 
@@ -128,6 +129,8 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	case <-ctx.Done():
 		return fmt.Errorf("settling: %w", context.Cause(ctx))
 	}
+	booted := time.Since(start)
+	pause := time.Now()
 	s.Machine.Pause()
 	st, err := s.Machine.Capture()
 	if err != nil {
@@ -143,8 +146,21 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	if err := fsutil.WriteBytes(filepath.Join(dir, StateFile), 0o600, b); err != nil {
 		return err
 	}
-	fmt.Fprintf(progress, "captured %d vCPUs and %d MiB of memory after %v\n", len(st.VCPUs), st.Memory>>20, time.Since(start).Round(time.Millisecond))
-	return nil
+	timing := StageTiming{Boot: booted, Capture: time.Since(pause)}
+	fmt.Fprintf(progress, "captured %d vCPUs and %d MiB of memory in %v\n", len(st.VCPUs), st.Memory>>20, timing.Capture.Round(time.Millisecond))
+	b, err = json.Marshal(timing)
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteBytes(filepath.Join(dir, TimingFile), 0o600, b)
+}
+
+// StageTiming is how long the boot stage took: from power-on until the
+// booted condition held and the guest had settled, and from the pause
+// until the capture was written.
+type StageTiming struct {
+	Boot    time.Duration `json:"boot"`
+	Capture time.Duration `json:"capture"`
 }
 
 func section(f *os.File) (machine.Image, error) {

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
+	"sync"
 	"syscall"
 
 	digest "github.com/opencontainers/go-digest"
@@ -358,9 +360,26 @@ func (a *Artifact) DeviceState() ([]byte, error) {
 
 // Verify checks the digest of every layer, memory included, and the
 // structure of every sparse memory chunk.
+// Layers are hashed in parallel, one per CPU.
 func (a *Artifact) Verify() error {
-	for i, l := range a.manifest.Layers {
-		if err := a.verifyLayer(i, l); err != nil {
+	layers := a.manifest.Layers
+	errs := make([]error, len(layers))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(layers)) {
+		wg.Go(func() {
+			for i := range next {
+				errs[i] = a.verifyLayer(i, layers[i])
+			}
+		})
+	}
+	for i := range layers {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
 			return fmt.Errorf("artifact %s: layer %d: %w", a.path, i, err)
 		}
 	}

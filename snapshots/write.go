@@ -10,6 +10,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	digest "github.com/opencontainers/go-digest"
@@ -118,7 +121,7 @@ func publish(tmp, out string) error {
 // layoutWriter writes blobs into an OCI layout directory.
 type layoutWriter struct {
 	dir   string
-	bytes int64
+	bytes atomic.Int64
 }
 
 func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.PrivateKey) (*Written, error) {
@@ -141,6 +144,11 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 	}
 	layers := []ocispec.Descriptor{vcpu, dev}
 	sum := &Written{}
+	type job struct {
+		c    Chunk
+		data []byte
+	}
+	var jobs []job
 	for _, r := range c.Memory {
 		if len(r.Data)%PageSize != 0 || len(r.Data) == 0 {
 			return nil, fmt.Errorf("memory region at %#x: %d bytes is not a positive number of pages", r.GPA, len(r.Data))
@@ -149,24 +157,47 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 		cfg.Memory.Regions = append(cfg.Memory.Regions, Region{GPA: r.GPA, Size: size})
 		sum.MemoryBytes += size
 		for off := uint64(0); off < size; off += ChunkSize {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
 			data := r.Data[off : off+min(ChunkSize, size-off)]
-			ch := Chunk{GPA: r.GPA + off, Size: uint64(len(data)), Pages: scanChunk(data)}
-			if ch.Pages == 0 {
-				continue
+			jobs = append(jobs, job{Chunk{GPA: r.GPA + off, Size: uint64(len(data))}, data})
+		}
+	}
+	// Scan, hash and write the chunks in parallel, one per CPU; the
+	// layers keep the chunks' order.
+	descs := make([]ocispec.Descriptor, len(jobs))
+	errs := make([]error, len(jobs))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
+		wg.Go(func() {
+			for i := range next {
+				j := &jobs[i]
+				if errs[i] = ctx.Err(); errs[i] != nil {
+					continue
+				}
+				if j.c.Pages = scanChunk(j.data); j.c.Pages == 0 {
+					continue
+				}
+				descs[i], errs[i] = w.putChunk(j.c, j.data)
 			}
-			d, err := w.putChunk(ch, data)
-			if err != nil {
-				return nil, fmt.Errorf("memory chunk at %#x: %w", ch.GPA, err)
-			}
-			cfg.Memory.Chunks = append(cfg.Memory.Chunks, ch)
-			layers = append(layers, d)
-			sum.StoredPages += ch.Pages
-			if d.MediaType == MediaTypeMemoryRaw {
-				sum.RawChunks++
-			}
+		})
+	}
+	for i := range jobs {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, j := range jobs {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("memory chunk at %#x: %w", j.c.GPA, errs[i])
+		}
+		if j.c.Pages == 0 {
+			continue
+		}
+		cfg.Memory.Chunks = append(cfg.Memory.Chunks, j.c)
+		layers = append(layers, descs[i])
+		sum.StoredPages += j.c.Pages
+		if descs[i].MediaType == MediaTypeMemoryRaw {
+			sum.RawChunks++
 		}
 	}
 	sum.Chunks = len(cfg.Memory.Chunks)
@@ -219,7 +250,7 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 		return nil, err
 	}
 	sum.Manifest = man.Digest
-	sum.Bytes = w.bytes
+	sum.Bytes = w.bytes.Load()
 	return sum, nil
 }
 
@@ -320,12 +351,12 @@ func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (oc
 		return ocispec.Descriptor{}, err
 	}
 	f = nil
-	w.bytes += d.Size
+	w.bytes.Add(d.Size)
 	return d, nil
 }
 
 func (w *layoutWriter) putFile(name string, b []byte) error {
-	w.bytes += int64(len(b))
+	w.bytes.Add(int64(len(b)))
 	return fsutil.WriteBytes(filepath.Join(w.dir, name), 0o644, b)
 }
 
