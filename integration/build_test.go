@@ -151,8 +151,7 @@ func TestBuildAndResume(t *testing.T) {
 }
 
 // checkCarriesOn checks a resumed guest: the counter started before the
-// capture is still counting, uptime goes on from where it was, and no
-// access was denied.
+// capture is still counting and uptime goes on from where it was.
 func checkCarriesOn(t *testing.T, ctx context.Context, s *session.Session) {
 	t.Helper()
 	readInt := func(cmd string) float64 {
@@ -177,11 +176,6 @@ func checkCarriesOn(t *testing.T, ctx context.Context, s *session.Session) {
 	}
 	if up1 < 1 || up2-up1 < 0.9 || up2-up1 > 5 {
 		t.Errorf("uptime went from %v to %v across a one-second sleep", up1, up2)
-	}
-	for _, bus := range s.Machine.Buses() {
-		if n := bus.DeniedTotal(); n != 0 {
-			t.Errorf("bus %v denied %d accesses after resume", bus, n)
-		}
 	}
 }
 

@@ -21,7 +21,7 @@ func TestHandoffFullToMinimal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	const mem = 512 << 20
-	s := bootDefault(t, ctx, 2, mem)
+	s := boot(t, ctx, machine.Config{Profile: inventory.Full, Handoff: true, Memory: mem, CPUs: 2})
 	// A process that must survive the move.
 	run(t, ctx, s, "sleep 100000 & true")
 	before := run(t, ctx, s, "cat /proc/uptime")

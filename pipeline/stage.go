@@ -84,7 +84,7 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 		return err
 	}
 	defer vmmLog.Close()
-	cfg := machine.Config{Profile: inventory.Full, Policy: bus.Deny, Memory: spec.Memory, CPUs: spec.CPUs,
+	cfg := machine.Config{Profile: inventory.Full, Handoff: true, Policy: bus.Deny, Memory: spec.Memory, CPUs: spec.CPUs,
 		Cmdline: spec.Cmdline, Log: log.New(vmmLog, "", log.Lmicroseconds)}
 	if cfg.Kernel, err = section(kernel); err != nil {
 		return err

@@ -15,7 +15,9 @@ type bootEntry linux.Entry
 // loadGuest writes the ACPI tables, the kernel, its initrd and boot_params
 // into guest memory.
 func (m *Machine) loadGuest() (bootEntry, error) {
-	rsdp, err := acpi.Build(m.mem, acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs))
+	tables := acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs)
+	tables.Handoff = m.cfg.Handoff
+	rsdp, err := acpi.Build(m.mem, tables)
 	if err != nil {
 		return bootEntry{}, fmt.Errorf("build ACPI tables: %w", err)
 	}

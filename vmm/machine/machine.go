@@ -59,6 +59,11 @@ type Config struct {
 	// minimal profile); the surface report shows it as an addition.
 	SerialConsole bool
 
+	// Handoff says the machine will be captured and resumed on the
+	// minimal profile: its ACPI tables then tell the guest not to use the
+	// i8042 and the RTC, which vanish at the handoff (see acpi.Config).
+	Handoff bool
+
 	// RecordMSRs sends every guest MSR access through userspace and
 	// counts it, to learn which MSRs a guest uses. Slow; for discovery.
 	RecordMSRs bool

@@ -41,6 +41,17 @@ type Config struct {
 	// IAPC_BOOT_ARCH LEGACY_DEVICES and 8042; without Legacy the FADT
 	// says CMOS_RTC_NOT_PRESENT).
 	Legacy bool
+	// Handoff says the guest will be captured and resumed on a profile
+	// without the legacy devices. The tables then describe the i8042 and
+	// the CMOS RTC as absent (no 8042 flag, CMOS_RTC_NOT_PRESENT), though
+	// they are on the bus for firmware and for OSes that probe them
+	// directly, so that an ACPI OS binds no driver to devices that vanish
+	// at the handoff: Linux takes its wall clock from kvmclock, and its RTC
+	// driver would otherwise read the vanished RTC after resume, where
+	// every read is 0xff, the update-in-progress bit stays set, and the
+	// read spins through 10,000 retries; its i8042 driver would probe the
+	// vanished controller at shutdown.
+	Handoff bool
 	// HWReduced sets the FADT's HW_REDUCED_ACPI flag: no PM1 blocks, no
 	// SCI, no FACS. The inventory has no sleep control/status register
 	// entry yet, so a HW-reduced guest cannot power itself off through
@@ -182,9 +193,12 @@ func resources() (res, error) {
 func fadtFor(cfg Config, r res, facsAddr, dsdtAddr uint64) fadtParams {
 	p := fadtParams{facs: facsAddr, dsdt: dsdtAddr, flags: FlagWBINVD | FlagProcC1 | FlagSlpButton}
 	p.bootArch = BootArchVGANotPresent
-	if cfg.Legacy {
+	switch {
+	case cfg.Legacy && !cfg.Handoff:
 		p.bootArch |= BootArchLegacyDevices | BootArch8042
-	} else {
+	case cfg.Legacy:
+		p.bootArch |= BootArchLegacyDevices | BootArchCMOSRTCNotPre
+	default:
 		p.bootArch |= BootArchCMOSRTCNotPre
 	}
 	if cfg.HWReduced {
