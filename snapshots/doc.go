@@ -1,82 +1,96 @@
 // Package snapshots reads and writes bunkerbuild's snapshot artifact: the
-// state of a booted guest (vCPU, VM and device state, and guest RAM) in one
-// signed file that a production host verifies before it resumes the guest.
+// state of a booted guest (vCPU and device state, and guest RAM) as a
+// signed OCI image layout, which a production host verifies before it
+// resumes the guest.
+//
+// # Layout (format version 2)
+//
+// An artifact is a directory holding an OCI image layout (image-spec 1.1):
+//
+//	oci-layout            {"imageLayoutVersion": "1.0.0"}
+//	index.json            the snapshot manifest, tagged "latest", and its
+//	                      signature manifest
+//	blobs/sha256/<hex>    every blob, named by its SHA-256 digest
+//
+// The snapshot manifest (artifactType [ArtifactType]) names:
+//
+//   - a config blob ([MediaTypeConfig]), the JSON encoding of [Config]: the
+//     format version, the boot and resume profiles, the inventory digest,
+//     the vCPU count, vCPU 0's CPUID, the memory layout and the list of
+//     stored memory chunks, and the recipe, kernel and initramfs by digest;
+//   - layer 0, the vCPU state, and layer 1, the device state, as the VMM
+//     encodes them (vmm/machine.State.MarshalLayers);
+//   - layers 2 onwards, guest memory: one layer per stored chunk, in the
+//     order of [Memory.Chunks].
+//
+// Guest memory is cut into chunks of [ChunkSize] bytes from the start of
+// each RAM region (the last chunk of a region may be shorter). A chunk of
+// only zero pages is not stored. A chunk with at most one page in 16 zero
+// is stored raw ([MediaTypeMemoryRaw]): its bytes. Any other chunk is
+// stored sparse ([MediaTypeMemorySparse]): one header page whose first
+// bytes are a bitmap of the chunk's pages (bit i%8 of byte i/8 set when
+// page i is stored; the rest of the header zero), then the stored pages in
+// order. Which encoding a chunk has follows from its size and its count of
+// stored pages, both in the config, and so does its layer's size; the
+// reader checks both. Every stored page sits at a page-aligned offset of
+// its blob, so a resume maps the pages copy-on-write instead of copying
+// them, and guests resumed from one artifact share the page cache's copy
+// of every page they have not written. Chunks make the blobs of two builds
+// of one recipe share what did not change, for a registry.
+//
+// # Signature
+//
+// The signature manifest (artifactType [SignatureArtifactType]) has the
+// snapshot manifest as its subject, the empty JSON object as its config,
+// and one layer ([MediaTypeSignature]): an Ed25519 signature, 64 bytes,
+// over the string "bunkerbuild snapshot signature v1\n" followed by the
+// snapshot manifest's digest ("sha256:..."). A registry keeps it as a
+// referrer of the snapshot; OpenSSL can check it (see TestOpenSSLInterop).
+// The signature covers the manifest's digest, the manifest covers the
+// config's and every layer's digest, so a verified signature and verified
+// digests authenticate the whole artifact. index.json and oci-layout are
+// not signed: they only point at blobs, and what they point at is checked.
 //
 // # Trust model
 //
-// An artifact is untrusted input until its signature verifies. The manifest
-// (JSON) lists every blob with its offset, size and SHA-256 digest, and is
-// signed with Ed25519; the signature is detached and covers the manifest's
-// exact bytes. Verifying the signature and then each blob's digest therefore
-// authenticates the whole artifact. [Open] verifies the signature before it
-// decodes the manifest, and hands out blob contents only through readers that
-// check the blob's digest: [Artifact.Blob] checks before it returns,
-// [Artifact.OpenBlob] returns an error in place of io.EOF on a mismatch.
+// An artifact is untrusted input until its signature verifies. [Open]
+// reads index.json and the signature manifests (small, bounded), checks a
+// signature by the given key over the snapshot manifest's digest, and only
+// then reads the manifest, checks its digest, decodes it strictly (unknown
+// fields are errors) and checks its shape; then the config, by digest,
+// strictly, with every field validated (sizes, counts, alignment, that the
+// chunks tile the regions, that the layers match the chunks). Digests must
+// be SHA-256 in canonical form, so a manifest cannot name a file outside
+// blobs/sha256; descriptors with URLs or embedded data are refused; files
+// are opened through an [os.Root], so a symbolic link cannot lead outside
+// the artifact. [Artifact.Verify] hashes every layer (in parallel) and
+// checks each sparse chunk's header; [Artifact.RestoreMemory] refuses to
+// run before it has.
 //
-// Guest RAM is too large to verify before use, so [Artifact.RestoreMemory]
-// writes it into the caller's memory while hashing it and checks the digest at
-// the end. If it returns an error the caller's memory holds unverified bytes
-// and the guest MUST NOT be resumed. The memory layout (the extent table) is
-// a separate blob, verified in full before any byte is written, so even a
-// tampered artifact writes only inside the regions the signed manifest names.
+// Mapping a blob copy-on-write means a later write to the blob's file
+// would show in the guest's not-yet-written pages, so RestoreMemory maps
+// only files that neither group nor others can write and that belong to
+// root or to the user resuming; the artifact's directory should be as
+// protected (a production host's artifact cache is).
 //
-// # File format (version 1.0)
+// # Writing
 //
-// An artifact is one file, all integers little-endian:
-//
-//	offset  size  field
-//	0       8     magic "BUNKSNAP"
-//	8       2     major version (1)
-//	10      2     minor version (0)
-//	12      4     flags (0)
-//	16      8     file size
-//	24      8     manifest offset
-//	32      8     manifest size
-//	40      8     signature offset
-//	48      8     signature size (64)
-//	56      8     reserved (0)
-//	64      ...   blobs, at the offsets the manifest gives
-//	...           manifest: canonical JSON (see [Manifest])
-//	...           signature: Ed25519 over the manifest bytes
-//
-// The header is not signed; it only locates the manifest and signature, which
-// are, and the signed manifest repeats the version, so a changed header field
-// fails the signature, the version check or the layout checks. Readers refuse
-// a major version other than [MajorVersion]; a minor version marks changes
-// that readers of the same major version read correctly.
-//
-// The manifest is the encoding/json encoding of [Manifest], and readers
-// re-encode what they decoded and require the same bytes, so one manifest has
-// exactly one signed form (no duplicate keys, unknown fields or alternative
-// spellings). Because unknown fields are refused, adding a manifest field
-// needs a new major version. Blobs are listed sorted by name; their byte ranges may not
-// overlap each other, the header, the manifest or the signature, and the file
-// ends where the last of them ends.
-//
-// Guest RAM is stored sparsely as two reserved blobs. "memory/extents" is a
-// table of 16-byte entries (guest-physical address, length), each a run of
-// non-zero pages of [PageSize] bytes, sorted by address; "memory" is those
-// runs' bytes, concatenated in table order, starting on a page boundary in
-// the file. Zero pages are not stored: memory is restored into zero-filled
-// destinations, such as a fresh anonymous mapping.
-//
-// # Why not tar
-//
-// A custom container keeps the parser small: one fixed header, one signed
-// table of ranges, nothing else. Tar brings per-entry headers (unsigned unless
-// the manifest repeats them), several extension formats (PAX, GNU long names
-// and sparse files) that a verifier must either parse or reject, and 512-byte
-// framing that a streaming sparse memory blob does not need. Blob ranges in
-// the signed manifest also let a reader seek straight to a blob.
+// [Write] builds the layout in a hidden directory beside the output
+// (".NAME.partial-PID-RANDOM"), writes index.json last, syncs every file
+// and directory, and renames the directory into place (exchanging it with
+// an earlier artifact atomically). A cancelled or failed write removes its
+// directory; one left by a killed writer is removed by the next write to
+// the same output. So the output path holds nothing, the old artifact or
+// the complete new one, never something that looks like a valid artifact
+// but is not.
 //
 // # Limits
 //
-// Readers refuse, with [ErrLimit], manifests over [MaxManifestSize] bytes,
-// more than [MaxBlobs] blobs, blob names over [MaxNameLen] bytes, memory with
-// more than [MaxRegions] regions, more than [MaxMemorySize] bytes or more than
-// [MaxExtents] extents. Allocations are bounded by these limits and by the
-// file's size. [Artifact.Blob] reads blobs of up to [MaxBlobSize] bytes;
-// larger ones are read with [Artifact.OpenBlob].
+// Readers refuse, with [ErrLimit] or [ErrMalformed], index files over
+// [MaxIndexSize], manifests over [MaxManifestSize], configs over
+// [MaxConfigSize], state layers over [MaxStateSize], more than
+// [MaxIndexEntries] manifests, [MaxRegions] regions, [MaxChunks] chunks or
+// [MaxCPUIDEntries] CPUID entries, and memory over [MaxMemorySize].
 //
 // # Keys
 //

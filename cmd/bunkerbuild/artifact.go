@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -133,6 +136,8 @@ func resumeCommand() *cli.Command {
 			&cli.BoolFlag{Name: "serial", Value: true, Usage: "keep COM1 as the console (an addition to the minimal profile)"},
 			&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, at exit"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses"},
+			&cli.StringFlag{Name: "run", Usage: "instead of connecting the console to this terminal, run this shell command in the guest, print its output and power the guest off"},
+			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "with --run: give up after this long"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -160,6 +165,14 @@ func resumeCommand() *cli.Command {
 					name, r.Digest, r.Config.Created.Format(time.RFC3339), r.Config.BuilderVersion,
 					r.Verify.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
 				return r.Machine, nil
+			}
+			if c.IsSet("run") {
+				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				ctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+				defer cancel()
+				step := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "resume: "+format+"\n", args...) }
+				return scripted(ctx, cfg, create, c.String("run"), c.Bool("report"), step, false)
 			}
 			// The minimal VMM has no firmware and no legacy devices: a guest
 			// that reboots cannot boot again here.

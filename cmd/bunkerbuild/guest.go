@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/internal/guestimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
 // defaultGuest returns the default guest's kernel and initramfs, building
@@ -87,26 +89,39 @@ func demo(c *cli.Context) error {
 		return err
 	}
 	step("booting %s with %s RAM and %d vCPUs on the %s profile", kernel, c.String("mem"), cfg.CPUs, cfg.Profile)
+	return scripted(ctx, cfg, machine.New, c.String("command"), c.Bool("report"), step, true)
+}
+
+// scripted starts the machine create makes from cfg, its console on
+// stdout, runs command in the guest's shell, prints the output, and powers
+// the guest off. A booting guest (waitBoot) is first waited for until its
+// shell prompts; a resumed guest's shell prompted before the snapshot.
+func scripted(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), command string, report bool, step func(string, ...any), waitBoot bool) error {
 	start := time.Now()
-	s, err := session.Start(ctx, cfg, os.Stdout)
+	s, err := session.StartWith(ctx, cfg, create, os.Stdout)
 	if err != nil {
+		if errors.Is(err, machine.ErrInvalid) {
+			return cli.Exit(err.Error(), exitUsage)
+		}
 		return err
 	}
 	defer s.Close()
-	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`cpus=\d+`)); err != nil {
-		return fmt.Errorf("the guest did not reach userspace: %w", err)
+	if waitBoot {
+		if _, err := s.Console.Expect(ctx, regexp.MustCompile(`cpus=\d+`)); err != nil {
+			return fmt.Errorf("the guest did not reach userspace: %w", err)
+		}
+		// Type only once the shell shows its prompt: a line typed while init
+		// hands the console to the shell can be lost.
+		if _, err := s.Console.Expect(ctx, regexp.MustCompile(`(?m)^\$ `)); err != nil {
+			return fmt.Errorf("no shell prompt: %w", err)
+		}
+		step("guest userspace up after %v", time.Since(start).Round(time.Millisecond))
 	}
-	// Type only once the shell shows its prompt: a line typed while init
-	// hands the console to the shell can be lost.
-	if _, err := s.Console.Expect(ctx, regexp.MustCompile(`(?m)^\$ `)); err != nil {
-		return fmt.Errorf("no shell prompt: %w", err)
-	}
-	step("guest userspace up after %v", time.Since(start).Round(time.Millisecond))
-	out, status, err := s.Console.Run(ctx, c.String("command"))
+	out, status, err := s.Console.Run(ctx, command)
 	if err != nil {
 		return err
 	}
-	step("%q exited %d; its output:\n%s", c.String("command"), status, strings.TrimRight(out, "\n"))
+	step("%q exited %d after %v; its output:\n%s", command, status, time.Since(start).Round(time.Millisecond), strings.TrimRight(out, "\n"))
 	step("powering off")
 	if err := s.Console.Send("poweroff\n"); err != nil {
 		return err
@@ -115,8 +130,8 @@ func demo(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	step("guest ended: %v, %v after boot", how, time.Since(start).Round(time.Millisecond))
-	if c.Bool("report") {
+	step("guest ended: %v, %v after start", how, time.Since(start).Round(time.Millisecond))
+	if report {
 		writeAccounting(os.Stderr, s.Machine.Buses(), start)
 	}
 	if status != 0 {
