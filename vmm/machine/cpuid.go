@@ -1,6 +1,9 @@
 package machine
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 )
@@ -86,4 +89,65 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, o cpuOptions) []kvm.CPUID
 		out = append(out, e)
 	}
 	return out
+}
+
+// featureRegs are the CPUID registers that hold feature bits: a guest
+// captured on one host may use every bit set there, so each must also be
+// set in the CPU this host can give it.
+var featureRegs = []struct {
+	fn, index uint32
+	reg       string
+}{
+	{leafFeatures, 0, "ecx"}, {leafFeatures, 0, "edx"},
+	{0x7, 0, "ebx"}, {0x7, 0, "ecx"}, {0x7, 0, "edx"}, {0x7, 1, "eax"},
+	{0xd, 1, "eax"},
+	{leafExtFeatures, 0, "ecx"}, {leafExtFeatures, 0, "edx"},
+	{leafKVMFeatures, 0, "eax"},
+}
+
+func cpuidReg(es []kvm.CPUIDEntry, fn, index uint32, reg string) (uint32, bool) {
+	for _, e := range es {
+		if e.Function == fn && (e.Index == index || e.Flags&kvm.CPUIDFlagSignificantIndex == 0 && index == 0) {
+			return map[string]uint32{"eax": e.EAX, "ebx": e.EBX, "ecx": e.ECX, "edx": e.EDX}[reg], true
+		}
+	}
+	return 0, false
+}
+
+// checkCPUIDCompatible reports the features a saved guest CPU has that
+// host, the CPU this host would give the same guest, lacks, and a vendor
+// mismatch: such a guest may execute instructions that fault here.
+func checkCPUIDCompatible(saved, host []kvm.CPUIDEntry) error {
+	vendor := func(es []kvm.CPUIDEntry) [3]uint32 {
+		b, _ := cpuidReg(es, 0, 0, "ebx")
+		c, _ := cpuidReg(es, 0, 0, "ecx")
+		d, _ := cpuidReg(es, 0, 0, "edx")
+		return [3]uint32{b, d, c}
+	}
+	if v, h := vendor(saved), vendor(host); v != h {
+		return fmt.Errorf("the guest's CPU vendor %q is not this host's %q", vendorString(v), vendorString(h))
+	}
+	var missing []string
+	for _, r := range featureRegs {
+		want, ok := cpuidReg(saved, r.fn, r.index, r.reg)
+		if !ok || want == 0 {
+			continue
+		}
+		have, _ := cpuidReg(host, r.fn, r.index, r.reg)
+		if lack := want &^ have; lack != 0 {
+			missing = append(missing, fmt.Sprintf("leaf %#x.%d %s bits %#x", r.fn, r.index, strings.ToUpper(r.reg), lack))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the guest's CPU has features this host's KVM cannot offer: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func vendorString(v [3]uint32) string {
+	var b []byte
+	for _, w := range v {
+		b = append(b, byte(w), byte(w>>8), byte(w>>16), byte(w>>24))
+	}
+	return string(b)
 }

@@ -94,3 +94,36 @@ func TestStateLayersRoundTrip(t *testing.T) {
 		t.Error("layers of different versions were accepted")
 	}
 }
+
+func TestCheckCPUIDCompatible(t *testing.T) {
+	amd := kvm.CPUIDEntry{Function: 0, EAX: 0x10, EBX: 0x68747541, ECX: 0x444d4163, EDX: 0x69746e65} // "AuthenticAMD"
+	intel := kvm.CPUIDEntry{Function: 0, EAX: 0x10, EBX: 0x756e6547, ECX: 0x6c65746e, EDX: 0x49656e69} // "GenuineIntel"
+	host := []kvm.CPUIDEntry{amd,
+		{Function: 1, ECX: 0x80000001, EDX: 0xff},
+		{Function: 7, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 0x0f},
+		{Function: 7, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 0x10},
+	}
+	for _, tc := range []struct {
+		name  string
+		saved []kvm.CPUIDEntry
+		want  string // in the error; "" for compatible
+	}{
+		{"same", host, ""},
+		{"fewer features", []kvm.CPUIDEntry{amd, {Function: 1, ECX: 1, EDX: 0x0f}, {Function: 7, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 0x01}}, ""},
+		{"other vendor", []kvm.CPUIDEntry{intel}, `vendor "GenuineIntel" is not this host's "AuthenticAMD"`},
+		{"leaf 1 bit", []kvm.CPUIDEntry{amd, {Function: 1, ECX: 0x80000003}}, "leaf 0x1.0 ECX bits 0x2"},
+		{"leaf 7.0 bit", []kvm.CPUIDEntry{amd, {Function: 7, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 0x30}}, "leaf 0x7.0 EBX bits 0x30"},
+		{"leaf 7.1 bit", []kvm.CPUIDEntry{amd, {Function: 7, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 0x11}}, "leaf 0x7.1 EAX bits 0x1"},
+		{"leaf absent on host", []kvm.CPUIDEntry{amd, {Function: 0x80000001, EDX: 1}}, "leaf 0x80000001.0 EDX bits 0x1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkCPUIDCompatible(tc.saved, host)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}

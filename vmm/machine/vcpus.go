@@ -41,7 +41,11 @@ func (m *Machine) createVCPUs(entry *bootEntry, saved []VCPUState) error {
 		m.close = append(m.close, c.Close)
 		cpuid := guestCPUID(supported, id, m.cfg.CPUs, opts)
 		if saved != nil {
-			// The guest keeps the CPU it booted on.
+			// The guest keeps the CPU it booted on, which this host must
+			// be able to give it.
+			if err := checkCPUIDCompatible(saved[id].CPUID, cpuid); err != nil {
+				return fmt.Errorf("vCPU %d: %w", id, err)
+			}
 			cpuid = saved[id].CPUID
 		}
 		if err := c.SetCPUID(cpuid); err != nil {
