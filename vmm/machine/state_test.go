@@ -96,7 +96,7 @@ func TestStateLayersRoundTrip(t *testing.T) {
 }
 
 func TestCheckCPUIDCompatible(t *testing.T) {
-	amd := kvm.CPUIDEntry{Function: 0, EAX: 0x10, EBX: 0x68747541, ECX: 0x444d4163, EDX: 0x69746e65} // "AuthenticAMD"
+	amd := kvm.CPUIDEntry{Function: 0, EAX: 0x10, EBX: 0x68747541, ECX: 0x444d4163, EDX: 0x69746e65}   // "AuthenticAMD"
 	intel := kvm.CPUIDEntry{Function: 0, EAX: 0x10, EBX: 0x756e6547, ECX: 0x6c65746e, EDX: 0x49656e69} // "GenuineIntel"
 	host := []kvm.CPUIDEntry{amd,
 		{Function: 1, ECX: 0x80000001, EDX: 0xff},

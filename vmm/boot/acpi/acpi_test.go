@@ -196,10 +196,10 @@ func TestFADT(t *testing.T) {
 		bootArch uint16
 		flags    uint32
 	}{
-		{"full", Config{CPUs: 2, Legacy: true}, 0x0007, 0x25},              // LEGACY_DEVICES|8042|VGA_NOT_PRESENT; WBINVD|PROC_C1|SLP_BUTTON
+		{"full", Config{CPUs: 2, Legacy: true}, 0x0007, 0x25}, // LEGACY_DEVICES|8042|VGA_NOT_PRESENT; WBINVD|PROC_C1|SLP_BUTTON
 		{"no legacy", Config{CPUs: 2}, 0x0024, 0x25},
 		{"full, for a handoff", Config{CPUs: 2, Legacy: true, Handoff: true}, 0x0025, 0x25}, // LEGACY_DEVICES|VGA_NOT_PRESENT|CMOS_RTC_NOT_PRESENT                       // VGA_NOT_PRESENT|CMOS_RTC_NOT_PRESENT
-		{"hw reduced", Config{CPUs: 2, HWReduced: true}, 0x0024, 0x100035}, // + PWR_BUTTON|HW_REDUCED_ACPI
+		{"hw reduced", Config{CPUs: 2, HWReduced: true}, 0x0024, 0x100035},                  // + PWR_BUTTON|HW_REDUCED_ACPI
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, ts := build(t, tc.cfg)
