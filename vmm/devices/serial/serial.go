@@ -421,15 +421,22 @@ func (u *UART) State() State {
 	return s
 }
 
-// SetState loads register state and updates the interrupt line. Received
-// bytes beyond the FIFO's size are dropped.
+// SetState loads register state and updates the interrupt line. The
+// saved unread bytes come first in the receive FIFO, then any the host
+// side sent since the UART was made (typed while the machine was being
+// restored); bytes beyond the FIFO's size are dropped.
 func (u *UART) SetState(s State) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	var live []byte
+	for i := 0; i < u.rxLen; i++ {
+		live = append(live, u.rx[(u.rxHead+i)%fifoSize])
+	}
 	u.dll, u.dlm, u.ier, u.fcr, u.lcr, u.mcr, u.scr = s.DLL, s.DLM, s.IER, s.FCR, s.LCR, s.MCR, s.SCR
 	u.lsrErr, u.msr, u.thrPending = s.LSRErr, s.MSR, s.THRPending
-	u.rxHead, u.rxLen = 0, min(len(s.RX), fifoSize)
-	copy(u.rx[:], s.RX[:u.rxLen])
+	rx := append(append([]byte(nil), s.RX...), live...)
+	u.rxHead, u.rxLen = 0, min(len(rx), fifoSize)
+	copy(u.rx[:], rx[:u.rxLen])
 	u.update()
 	u.space.Broadcast()
 }
