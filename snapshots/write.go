@@ -103,6 +103,29 @@ func checkReplaceable(out string) error {
 	return nil
 }
 
+// WriteIndex writes the files that make dir, whose blobs/sha256 holds
+// the blobs, an artifact: oci-layout, then index.json naming the snapshot
+// manifest (tagged DefaultTag) and its signature manifests. index.json
+// comes last: a directory without it is no OCI layout. It returns the
+// bytes written. Write uses it, and so does a pull that fetched the blobs.
+func WriteIndex(dir string, snapshot ocispec.Descriptor, sigs []ocispec.Descriptor) (int64, error) {
+	snapshot = ocispec.Descriptor{MediaType: snapshot.MediaType, Digest: snapshot.Digest, Size: snapshot.Size,
+		ArtifactType: ArtifactType, Annotations: map[string]string{ocispec.AnnotationRefName: DefaultTag}}
+	manifests := []ocispec.Descriptor{snapshot}
+	for _, s := range sigs {
+		manifests = append(manifests, ocispec.Descriptor{MediaType: s.MediaType, Digest: s.Digest, Size: s.Size, ArtifactType: SignatureArtifactType})
+	}
+	layout := mustJSON(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+	index := mustJSON(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: manifests})
+	if err := fsutil.WriteBytes(filepath.Join(dir, ocispec.ImageLayoutFile), 0o644, layout); err != nil {
+		return 0, err
+	}
+	if err := fsutil.WriteBytes(filepath.Join(dir, ocispec.ImageIndexFile), 0o644, index); err != nil {
+		return 0, err
+	}
+	return int64(len(layout) + len(index)), nil
+}
+
 // publish moves the finished directory tmp to out, exchanging it with an
 // old artifact atomically if there is one.
 func publish(tmp, out string) error {
@@ -230,19 +253,11 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 	if err != nil {
 		return nil, err
 	}
-	man.ArtifactType = ArtifactType
-	man.Annotations = map[string]string{ocispec.AnnotationRefName: DefaultTag}
-	if err := w.putFile(ocispec.ImageLayoutFile, mustJSON(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})); err != nil {
+	n, err := WriteIndex(w.dir, man, []ocispec.Descriptor{sig})
+	if err != nil {
 		return nil, err
 	}
-	// index.json last: a directory without it is no OCI layout.
-	if err := w.putFile(ocispec.ImageIndexFile, mustJSON(ocispec.Index{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: []ocispec.Descriptor{man, sig},
-	})); err != nil {
-		return nil, err
-	}
+	w.bytes.Add(n)
 	if err := fsutil.SyncDir(filepath.Join(w.dir, "blobs", "sha256")); err != nil {
 		return nil, err
 	}
@@ -353,11 +368,6 @@ func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (oc
 	f = nil
 	w.bytes.Add(d.Size)
 	return d, nil
-}
-
-func (w *layoutWriter) putFile(name string, b []byte) error {
-	w.bytes.Add(int64(len(b)))
-	return fsutil.WriteBytes(filepath.Join(w.dir, name), 0o644, b)
 }
 
 type countWriter struct {
