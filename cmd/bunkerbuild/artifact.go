@@ -38,19 +38,7 @@ func openArtifact(c *cli.Context, what string) (*snapshots.Artifact, error) {
 	if c.NArg() != 1 {
 		return nil, usageError("%s takes one artifact directory", what)
 	}
-	pub, err := snapshots.LoadPublicKey(c.String("key"))
-	if err != nil {
-		return nil, usageError("--key: %v", err)
-	}
-	a, err := snapshots.Open(c.Args().First(), pub)
-	if err != nil {
-		return nil, artifactErr(err)
-	}
-	if err := a.Verify(); err != nil {
-		a.Close()
-		return nil, artifactErr(err)
-	}
-	return a, nil
+	return openArtifactAt(c, c.Args().First())
 }
 
 func verifyCommand() *cli.Command {
@@ -128,9 +116,9 @@ func inspectCommand() *cli.Command {
 func resumeCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "resume",
-		Usage:     "verify a signed artifact and resume its guest on the minimal VMM, console on this terminal (Ctrl-A x quits)",
-		ArgsUsage: "ARTIFACT",
-		Flags: []cli.Flag{
+		Usage:     "verify a signed artifact (a directory, or a registry reference pulled through the cache) and resume its guest on the minimal VMM, console on this terminal (Ctrl-A x quits)",
+		ArgsUsage: "ARTIFACT|HOST/REPOSITORY(:TAG|@DIGEST)",
+		Flags: append(append([]cli.Flag{
 			keyFlag(),
 			&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny or kill"},
 			&cli.BoolFlag{Name: "serial", Value: true, Usage: "keep COM1 as the console (an addition to the minimal profile)"},
@@ -138,7 +126,7 @@ func resumeCommand() *cli.Command {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses"},
 			&cli.StringFlag{Name: "run", Usage: "instead of connecting the console to this terminal, run this shell command in the guest, print its output and power the guest off"},
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "with --run: give up after this long"},
-		},
+		}, registryFlags()...), cacheDirFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("resume takes one artifact directory")
@@ -152,8 +140,12 @@ func resumeCommand() *cli.Command {
 				return err
 			}
 			cfg.SerialConsole = c.Bool("serial")
+			dir, err := fetchForResume(c, c.Args().First(), pub)
+			if err != nil {
+				return err
+			}
 			create := func(cfg machine.Config) (*machine.Machine, error) {
-				r, err := pipeline.Resume(c.Args().First(), pub, cfg)
+				r, err := pipeline.Resume(dir, pub, cfg)
 				if err != nil {
 					return nil, artifactErr(err)
 				}

@@ -37,3 +37,17 @@ func ParseSize(s string) (uint64, error) {
 	}
 	return v << shift, nil
 }
+
+// Format writes a byte count for people: 512 B, 4.0 KiB, 118.3 MiB.
+func Format(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
