@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,6 +71,38 @@ func bunkerbuild(ctx context.Context, args ...string) (stdout, stderr string, st
 	return o.String(), e.String(), 0, err
 }
 
+// builtOnce holds the artifact buildShared made, for the tests that need
+// one and not a fresh build each.
+var builtOnce struct {
+	sync.Once
+	dir, artifact string
+	err           error
+}
+
+// buildShared runs `bunkerbuild build` on the test recipe once per test
+// binary and returns the directory (recipe, key, key.pub) and artifact.
+func buildShared(t *testing.T, ctx context.Context) (dir, artifact string) {
+	t.Helper()
+	builtOnce.Do(func() {
+		d, err := os.MkdirTemp("", "bunkerbuild-shared-")
+		if err != nil {
+			builtOnce.err = err
+			return
+		}
+		recipeFile, a := buildRecipe(t, d)
+		_, progress, status, err := bunkerbuild(ctx, "build", recipeFile)
+		t.Logf("bunkerbuild build:\n%s", progress)
+		if err == nil && status != 0 {
+			err = fmt.Errorf("status %d", status)
+		}
+		builtOnce.dir, builtOnce.artifact, builtOnce.err = d, a, err
+	})
+	if builtOnce.err != nil {
+		t.Fatalf("bunkerbuild build: %v", builtOnce.err)
+	}
+	return builtOnce.dir, builtOnce.artifact
+}
+
 // TestBuildAndResume runs `bunkerbuild build` on a recipe for the default
 // guest, its boot stage in the sandbox; verifies and inspects the signed
 // artifact; checks that tampered copies are refused before anything runs;
@@ -79,14 +112,8 @@ func TestBuildAndResume(t *testing.T) {
 	kvmtest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	recipeFile, artifact := buildRecipe(t, dir)
+	dir, artifact := buildShared(t, ctx)
 	pubFile := filepath.Join(dir, "key.pub")
-	_, progress, status, err := bunkerbuild(ctx, "build", recipeFile)
-	t.Logf("bunkerbuild build:\n%s", progress)
-	if err != nil || status != 0 {
-		t.Fatalf("bunkerbuild build: status %d, %v", status, err)
-	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 4 {
 		var names []string
 		for _, e := range ents {

@@ -6,10 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,81 +15,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/testregistry"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
 )
-
-// testRegistry is Debian's docker-registry (the CNCF distribution
-// registry) on loopback, storing into a directory the test can tamper
-// with.
-type testRegistry struct {
-	t       *testing.T
-	addr    string
-	storage string
-	config  string
-	cmd     *exec.Cmd
-}
-
-func startRegistry(t *testing.T) *testRegistry {
-	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Fatalf("docker-registry is not installed (apt-get install docker-registry; scripts/setup-debian does): %v", err)
-	}
-	dir := t.TempDir()
-	r := &testRegistry{t: t, storage: filepath.Join(dir, "storage"), config: filepath.Join(dir, "config.yml")}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.addr = l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", r.storage, r.addr)
-	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r.bin(bin)
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *testRegistry) bin(bin string) {
-	r.cmd = exec.Command(bin, "serve", r.config)
-	var logs bytes.Buffer
-	r.cmd.Stdout, r.cmd.Stderr = &logs, &logs
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + r.addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("registry did not start: %v\n%s", err, logs.String())
-		}
-	}
-}
-
-func (r *testRegistry) stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
-		r.cmd = nil
-	}
-}
-
-func (r *testRegistry) restart() {
-	r.stop()
-	bin, _ := exec.LookPath("docker-registry")
-	r.bin(bin)
-}
-
-// blobFile is where the registry stores a blob.
-func (r *testRegistry) blobFile(d string) string {
-	hex := strings.TrimPrefix(d, "sha256:")
-	return filepath.Join(r.storage, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
-}
 
 var opts = Options{PlainHTTP: true}
 
@@ -132,10 +57,10 @@ func artifact(t *testing.T, seed byte) string {
 
 func TestPushPull(t *testing.T) {
 	ctx := context.Background()
-	reg := startRegistry(t)
+	reg := testregistry.Start(t)
 	pub, _ := testKey()
 	a1, a2 := artifact(t, 1), artifact(t, 2)
-	ref := reg.addr + "/guests/default:v1"
+	ref := reg.Addr + "/guests/default:v1"
 
 	desc, st, err := Push(ctx, a1, ref, opts)
 	if err != nil {
@@ -156,7 +81,7 @@ func TestPushPull(t *testing.T) {
 		t.Errorf("re-push uploaded %d blobs, %d bytes", st.BlobsMoved, st.BytesMoved)
 	}
 	// A second build of the same guest shares the unchanged chunks.
-	_, st2, err := Push(ctx, a2, reg.addr+"/guests/default:v2", opts)
+	_, st2, err := Push(ctx, a2, reg.Addr+"/guests/default:v2", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +90,7 @@ func TestPushPull(t *testing.T) {
 		t.Errorf("the second artifact uploaded %d of %d bytes; its unchanged chunks should be shared", st2.BytesMoved, st2.Bytes)
 	}
 
-	for _, r := range []string{ref, reg.addr + "/guests/default@" + desc.Digest.String()} {
+	for _, r := range []string{ref, reg.Addr + "/guests/default@" + desc.Digest.String()} {
 		dst := filepath.Join(t.TempDir(), "pulled.snap")
 		got, _, err := Pull(ctx, r, dst, pub, opts)
 		if err != nil {
@@ -198,10 +123,10 @@ func TestPushPull(t *testing.T) {
 // pull is refused and the cache gets nothing.
 func TestTamperedRegistryBlob(t *testing.T) {
 	ctx := context.Background()
-	reg := startRegistry(t)
+	reg := testregistry.Start(t)
 	pub, _ := testKey()
 	a := artifact(t, 1)
-	ref := reg.addr + "/guests/default:v1"
+	ref := reg.Addr + "/guests/default:v1"
 	if _, _, err := Push(ctx, a, ref, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -211,16 +136,7 @@ func TestTamperedRegistryBlob(t *testing.T) {
 	}
 	layers := art.Layers()
 	art.Close()
-	f := reg.blobFile(layers[len(layers)-1].Digest.String())
-	b, err := os.ReadFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 1
-	if err := os.WriteFile(f, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	reg.restart() // drop its in-memory blob cache
+	reg.Tamper(layers[len(layers)-1].Digest.String())
 	c := &Cache{Dir: t.TempDir()}
 	_, err = c.Fetch(ctx, ref, pub, opts)
 	if err == nil {
@@ -243,14 +159,14 @@ func TestTamperedRegistryBlob(t *testing.T) {
 // completes and uploads only what is missing.
 func TestRegistryDiesMidPush(t *testing.T) {
 	ctx := context.Background()
-	reg := startRegistry(t)
+	reg := testregistry.Start(t)
 	a := artifact(t, 1)
-	ref := reg.addr + "/guests/default:v1"
+	ref := reg.Addr + "/guests/default:v1"
 	var done atomic.Int32
 	o := opts
 	o.Progress = func(e Event) {
 		if e.Kind == Done && done.Add(1) == 1 {
-			reg.stop()
+			reg.Stop()
 		}
 	}
 	if _, _, err := Push(ctx, a, ref, o); err == nil {
@@ -258,7 +174,7 @@ func TestRegistryDiesMidPush(t *testing.T) {
 	} else {
 		t.Logf("push failed as it should: %v", err)
 	}
-	reg.restart()
+	reg.Restart()
 	repo, r, err := repository(ref, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -280,10 +196,10 @@ func TestRegistryDiesMidPush(t *testing.T) {
 // stopped, and pruning.
 func TestCache(t *testing.T) {
 	ctx := context.Background()
-	reg := startRegistry(t)
+	reg := testregistry.Start(t)
 	pub, _ := testKey()
 	a1, a2 := artifact(t, 1), artifact(t, 2)
-	ref1, ref2 := reg.addr+"/guests/default:v1", reg.addr+"/guests/default:v2"
+	ref1, ref2 := reg.Addr+"/guests/default:v1", reg.Addr+"/guests/default:v2"
 	d1, _, err := Push(ctx, a1, ref1, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +214,7 @@ func TestCache(t *testing.T) {
 	var n atomic.Int32
 	o.Progress = func(e Event) {
 		if e.Kind == Done && n.Add(1) == 1 {
-			reg.stop()
+			reg.Stop()
 		}
 	}
 	if _, err := c.Fetch(ctx, ref1, pub, o); err == nil {
@@ -307,7 +223,7 @@ func TestCache(t *testing.T) {
 	if list, _ := c.List(); len(list) != 0 {
 		t.Fatalf("an interrupted pull left %d trusted artifacts", len(list))
 	}
-	reg.restart()
+	reg.Restart()
 
 	f, err := c.Fetch(ctx, ref1, pub, opts)
 	if err != nil {
@@ -321,8 +237,8 @@ func TestCache(t *testing.T) {
 	}
 
 	// With the registry stopped: by digest, and by tag from its last digest.
-	reg.stop()
-	byDigest := reg.addr + "/guests/default@" + d1.Digest.String()
+	reg.Stop()
+	byDigest := reg.Addr + "/guests/default@" + d1.Digest.String()
 	if f, err := c.Fetch(ctx, byDigest, pub, opts); err != nil || !f.Cached || f.Offline {
 		t.Errorf("offline fetch by digest: %+v, %v", f, err)
 	}
@@ -332,7 +248,7 @@ func TestCache(t *testing.T) {
 	if _, err := c.Fetch(ctx, ref2, pub, opts); err == nil {
 		t.Error("offline fetch of an uncached tag succeeded")
 	}
-	reg.restart()
+	reg.Restart()
 
 	// Pruning keeps the most recently used within the bound.
 	if _, err := c.Fetch(ctx, ref2, pub, opts); err != nil {
