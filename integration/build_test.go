@@ -29,6 +29,10 @@ import (
 // running in it, into dir, and a key pair; it returns the recipe's path
 // and the artifact path it names.
 func buildRecipe(t *testing.T, dir string) (recipeFile, artifact string) {
+	return buildRecipeTB(t, dir)
+}
+
+func buildRecipeTB(t testing.TB, dir string) (recipeFile, artifact string) {
 	t.Helper()
 	if _, err := snapshots.GenerateKey(filepath.Join(dir, "key"), filepath.Join(dir, "key.pub")); err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/internal/guestimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
 	"github.com/bunkerbuild/bunkerbuild/internal/lab"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
 // The default guest's files, prepared on the host before the tests run
@@ -25,6 +27,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	machine.SetBootDevices(legacy.New)
 	if os.Getenv(lab.EnvInside) != "1" {
 		if err := prepareGuest(); err != nil {
 			fmt.Fprintf(os.Stderr, "integration: FAIL: prepare the default guest: %v\n", err)

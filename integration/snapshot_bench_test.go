@@ -21,6 +21,12 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
 )
 
+// note prints the benchmark's progress as it goes (the testing package
+// holds b.Log output until the benchmark ends).
+func note(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
 // snapSample is one capture and the resumes of it.
 type snapSample struct {
 	boot, capture  time.Duration // power-on to booted; pause to snapshot written
@@ -110,10 +116,12 @@ func snapshotOurs(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
 		return snapSample{}, err
 	}
+	note("ours: building")
 	_, progress, status, err := bunkerbuild(ctx, "build", recipeFile)
 	if err != nil || status != 0 {
 		return snapSample{}, fmt.Errorf("build: status %d, %v\n%s", status, err, progress)
 	}
+	note("ours: built")
 	m := builtLine.FindStringSubmatch(progress)
 	if m == nil {
 		return snapSample{}, fmt.Errorf("build printed no timing line:\n%s", progress)
@@ -134,6 +142,7 @@ func snapshotOurs(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	s.guestBytes = cfg.Memory.Size()
 	a.Close()
 	argv := []string{bunkerbuildBin, "resume", "--key", filepath.Join(dir, "key.pub"), artifact}
+	note("ours: resuming twice")
 	err = resumeTwice(ctx, argv, &s)
 	return s, err
 }
@@ -188,6 +197,7 @@ func resumeTwice(ctx context.Context, argv []string, s *snapSample) error {
 				}
 			}
 			p.took = time.Since(start)
+			note("resume %d answered after %v", i, p.took)
 			out, status, err := p.c.Run(ctx, "echo resumed-$((40+2))")
 			if err == nil && (status != 0 || !strings.Contains(out, "resumed-42")) {
 				err = fmt.Errorf("the resumed guest answered %q, status %d", out, status)
@@ -262,6 +272,7 @@ func snapshotQEMU(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	var s snapSample
+	note("qemu: booting")
 	if _, err := c.Expect(ctx, regexp.MustCompile(regexp.QuoteMeta(guestproto.ReadyLine))); err != nil {
 		return s, fmt.Errorf("boot: %w; stderr %q", err, stderr.String())
 	}
@@ -281,6 +292,7 @@ func snapshotQEMU(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	if _, err := hmp.cmd(""); err != nil { // the banner
 		return s, err
 	}
+	note("qemu: booted; migrating to a file")
 	pause := time.Now()
 	if _, err := hmp.cmd("stop"); err != nil {
 		return s, err
@@ -309,6 +321,7 @@ func snapshotQEMU(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	s.bytes, s.guestBytes = st.Size(), uint64(memMiB)<<20
 	cmd.Process.Kill()
 	cmd.Wait()
+	note("qemu: captured in %v; resuming twice", s.capture)
 	err = resumeTwice(ctx, append(args, "-incoming", "file:"+file), &s)
 	return s, err
 }

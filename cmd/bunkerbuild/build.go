@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/commands"
 	"github.com/bunkerbuild/bunkerbuild/pipeline"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/recipe"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
@@ -26,16 +27,16 @@ func buildCommand() *cli.Command {
 		Usage:     "boot a recipe's guest on the isolated full-device VMM, capture it once booted, and write a signed artifact",
 		ArgsUsage: "RECIPE",
 		Flags: []cli.Flag{
-			cacheFlag(),
+			commands.CacheFlag(),
 			&cli.BoolFlag{Name: "no-isolate", Usage: "run the boot stage as a plain child process, without namespaces (for hosts that cannot create them)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return usageError("build takes one recipe file, got %d arguments", c.NArg())
+				return commands.UsageError("build takes one recipe file, got %d arguments", c.NArg())
 			}
 			r, err := recipe.Load(c.Args().First())
 			if err != nil {
-				return cli.Exit(err.Error(), exitUsage)
+				return cli.Exit(err.Error(), commands.ExitUsage)
 			}
 			self, err := os.Executable()
 			if err != nil {
@@ -74,7 +75,7 @@ func bootStageCommand() *cli.Command {
 		ArgsUsage: "DIR",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return usageError("boot-stage takes the stage directory")
+				return commands.UsageError("boot-stage takes the stage directory")
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -90,7 +91,7 @@ func keygenCommand() *cli.Command {
 		ArgsUsage: "PRIVATE-KEY PUBLIC-KEY",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
-				return usageError("keygen takes the private and the public key file names")
+				return commands.UsageError("keygen takes the private and the public key file names")
 			}
 			pub, err := snapshots.GenerateKey(c.Args().Get(0), c.Args().Get(1))
 			if err != nil {

@@ -9,42 +9,35 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/commands"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/isolate"
-)
-
-// Exit statuses of bunkerbuild. A guest's poweroff is success.
-const (
-	exitPoweroff = 0
-	exitError    = 1
-	exitUsage    = 2
-	exitReboot   = 3
-	exitStopped  = 4
-	// exitNeedsBoot: a resumed guest rebooted; it can only boot again
-	// through the pipeline, on the full profile.
-	exitNeedsBoot = 5
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy"
+	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
 func main() {
 	// The boot stage re-executes this binary inside its sandbox; Init
 	// finishes entering it there and returns at once everywhere else.
 	isolate.Init()
+	// This binary boots guests: it has the full profile's boot-time devices.
+	machine.SetBootDevices(legacy.New)
 	app := &cli.App{
 		Name:  "bunkerbuild",
 		Usage: "boot legacy guests once, run them on a minimal VMM",
 		Description: "Exit status: 0 guest powered off, 1 VMM error, 2 bad input, " +
 			"3 guest rebooted, 4 stopped by the user or a signal, 5 a resumed guest rebooted and needs a fresh build.",
 		Commands: []*cli.Command{
-			runCommand(),
+			commands.Run(),
 			guestCommand(),
 			demoCommand(),
 			surfaceCommand(),
 			buildCommand(),
-			resumeCommand(),
-			verifyCommand(),
-			inspectCommand(),
-			pushCommand(),
-			pullCommand(),
-			cacheCommand(),
+			commands.Resume(),
+			commands.Verify(),
+			commands.Inspect(),
+			commands.Push(),
+			commands.Pull(),
+			commands.Cache(),
 			keygenCommand(),
 			bootStageCommand(),
 		},
@@ -56,11 +49,6 @@ func main() {
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())
 		}
-		os.Exit(exitError)
+		os.Exit(commands.ExitError)
 	}
-}
-
-// usageError marks bad input: it exits with status 2.
-func usageError(format string, args ...any) error {
-	return cli.Exit(fmt.Sprintf(format, args...), exitUsage)
 }

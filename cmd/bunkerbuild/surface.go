@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/commands"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/surface"
 )
@@ -25,7 +26,7 @@ func surfaceCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			p, err := inventory.ParseProfile(c.String("profile"))
 			if err != nil {
-				return usageError("--profile: %v", err)
+				return commands.UsageError("--profile: %v", err)
 			}
 			var adds []inventory.Entry
 			if com1 := inventory.MustGet(inventory.COM1); c.Bool("serial") && !com1.In(p) {

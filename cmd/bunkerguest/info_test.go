@@ -1,11 +1,11 @@
 package main
 
 import (
-	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
-
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 )
 
 func TestCountCPUs(t *testing.T) {

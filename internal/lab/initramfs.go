@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"io"
 	"io/fs"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/lab/labproto"
 )
 

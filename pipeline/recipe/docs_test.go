@@ -1,8 +1,6 @@
 package recipe
 
 import (
-	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
-
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 )
 
 // recipesDir holds the example recipes and their documentation.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 )
 
@@ -153,3 +154,5 @@ func FuzzDispatch(f *testing.F) {
 		}
 	})
 }
+
+func init() { SetBootDevices(legacy.New) }

@@ -1,39 +1,56 @@
 package machine
 
 import (
-	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy/cmos"
-	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy/i8042"
-	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy/post"
+	"fmt"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/bootset"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
 )
 
-// legacyDevices adds the boot-time PC devices the profile offers: the
-// i8042 (for its reset line), the CMOS/RTC and the POST port. The PIC and
-// PIT are KVM's (see createIRQChip).
+// newBootSet makes the boot-time devices; nil in a binary that has none.
+var newBootSet bootset.New
+
+// SetBootDevices gives machines their boot-time (legacy) devices. Binaries
+// that boot guests on the full profile call it with legacy.New; a binary
+// that only resumes guests on the minimal profile does not, and so does
+// not contain them.
+func SetBootDevices(f bootset.New) { newBootSet = f }
+
+// legacyDevices adds the boot-time PC devices the profile offers (the
+// i8042, the CMOS/RTC and the POST port, from the boot set) and the PM1
+// event block of the required ACPI PM device. The PIC and PIT are KVM's
+// (see createIRQChip).
 func (m *Machine) legacyDevices(devs deviceSet) error {
-	if m.offers(inventory.I8042Data) {
-		kbc := i8042.New(m.irqLine(inventory.I8042Data), func() { m.guestExit(ExitReboot) })
-		m.kbc = kbc
-		devs[inventory.I8042Data] = kbc.Data()
-		devs[inventory.I8042Cmd] = kbc.Command()
-	}
-	if m.offers(inventory.CMOS) {
-		regs := memory.Regions(m.cfg.Memory)
-		cfg := cmos.Config{LowMem: regs[0].Size, CPUs: m.cfg.CPUs}
-		if len(regs) > 1 {
-			cfg.HighMem = regs[1].Size
-		}
-		rtc := cmos.New(m.irqLine(inventory.CMOS), cfg)
-		m.close = append(m.close, rtc.Close)
-		devs[inventory.CMOS] = rtc
-	}
 	if m.offers(inventory.ACPIEvt) {
-		// The PM1 event block of the (required) ACPI PM device.
 		devs[inventory.ACPIEvt] = m.pm.Event()
 	}
-	if m.offers(inventory.POST) {
-		devs[inventory.POST] = post.New()
+	var wanted []inventory.ID
+	for _, e := range m.entries() {
+		if e.Class == inventory.Legacy && !e.InKernel && e.ID != inventory.ACPIEvt {
+			wanted = append(wanted, e.ID)
+		}
+	}
+	if len(wanted) == 0 {
+		return nil
+	}
+	if newBootSet == nil {
+		return fmt.Errorf("%w: profile %v offers boot-time devices (%v, ...), and this binary has none: it only resumes guests on the minimal profile", ErrInvalid, m.cfg.Profile, wanted[0])
+	}
+	regs := memory.Regions(m.cfg.Memory)
+	ctx := bootset.Context{Offers: m.offers, IRQLine: m.irqLine, Reset: func() { m.guestExit(ExitReboot) },
+		LowMem: regs[0].Size, CPUs: m.cfg.CPUs}
+	if len(regs) > 1 {
+		ctx.HighMem = regs[1].Size
+	}
+	set, err := newBootSet(ctx)
+	if err != nil {
+		return err
+	}
+	m.boot = set
+	m.close = append(m.close, set.Close)
+	for id, d := range set.Devices() {
+		devs[id] = d
 	}
 	return nil
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/bootset"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
-	"github.com/bunkerbuild/bunkerbuild/vmm/devices/legacy/i8042"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
@@ -139,8 +139,8 @@ type Machine struct {
 
 	ioapic *ioapic.IOAPIC // the minimal profile's userspace IOAPIC
 	pm     *acpipm.PM
-	uart   *serial.UART      // nil without a serial console
-	kbc    *i8042.Controller // nil without the i8042
+	uart   *serial.UART // nil without a serial console
+	boot   bootset.Set  // the boot-time devices; nil on the minimal profile
 	// raise sets the level of a GSI of KVM's irqchip (vm.IRQLine).
 	raise func(gsi uint32, high bool) error
 	cpus  []*vcpu.VCPU

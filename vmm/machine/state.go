@@ -174,9 +174,9 @@ const (
 // checkQuiescent applies the handoff rule: the state of the legacy devices
 // is dropped, so none of them may hold anything the guest still needs.
 func (m *Machine) checkQuiescent() error {
-	if m.kbc != nil {
-		if ok, why := m.kbc.Quiescent(); !ok {
-			return &NotQuiescentError{Device: "i8042", Reason: why}
+	if m.boot != nil {
+		if ok, dev, why := m.boot.Quiescent(); !ok {
+			return &NotQuiescentError{Device: dev, Reason: why}
 		}
 	}
 	if pm := m.pm.State(); m.offers(inventory.ACPIEvt) && pm.Status&pm.Enable != 0 {

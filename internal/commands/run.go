@@ -1,4 +1,4 @@
-package main
+package commands
 
 import (
 	"context"
@@ -22,10 +22,11 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
-// defaultCmdline suits the stock Debian kernel on the full profile.
-const defaultCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
+// DefaultCmdline suits the stock Debian kernel on the full profile.
+// DefaultCmdline is the kernel command line run and demo boot with.
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
 
-func vmFlags() []cli.Flag {
+func VMFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "mem", Value: "512M", Usage: "guest RAM, e.g. 512M or 2G"},
 		&cli.IntFlag{Name: "cpus", Value: 2, Usage: "number of vCPUs"},
@@ -38,7 +39,7 @@ func vmFlags() []cli.Flag {
 	}
 }
 
-func runCommand() *cli.Command {
+func Run() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
 		Usage:     "boot a Linux kernel in the foreground, its serial console on this terminal (Ctrl-A x quits)",
@@ -46,31 +47,31 @@ func runCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "kernel", Required: true, Usage: "bzImage to boot"},
 			&cli.StringFlag{Name: "initrd", Usage: "initramfs to load"},
-			&cli.StringFlag{Name: "cmdline", Value: defaultCmdline, Usage: "kernel command line"},
-		}, vmFlags()...),
+			&cli.StringFlag{Name: "cmdline", Value: DefaultCmdline, Usage: "kernel command line"},
+		}, VMFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usageError("run takes no arguments, got %q", c.Args().Slice())
+				return UsageError("run takes no arguments, got %q", c.Args().Slice())
 			}
-			cfg, err := machineConfig(c, c.String("kernel"), c.String("initrd"), c.String("cmdline"))
+			cfg, err := MachineConfig(c, c.String("kernel"), c.String("initrd"), c.String("cmdline"))
 			if err != nil {
 				return err
 			}
-			return runInteractive(c.Context, cfg, c.Bool("report"))
+			return RunInteractive(c.Context, cfg, c.Bool("report"))
 		},
 	}
 }
 
-// machineConfig reads the VM flags and the guest's files.
-func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Config, error) {
+// MachineConfig reads the VM flags and the guest's files.
+func MachineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Config, error) {
 	var cfg machine.Config
 	mem, err := units.ParseSize(c.String("mem"))
 	if err != nil {
-		return cfg, usageError("--mem: %v", err)
+		return cfg, UsageError("--mem: %v", err)
 	}
 	prof, err := inventory.ParseProfile(c.String("profile"))
 	if err != nil {
-		return cfg, usageError("--profile: %v", err)
+		return cfg, UsageError("--profile: %v", err)
 	}
 	if cfg, err = vmConfigFlags(c); err != nil {
 		return cfg, err
@@ -80,11 +81,11 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	// The files are read straight into guest memory when the machine is
 	// created; the process exits soon after, which closes them.
 	if cfg.Kernel, err = openImage(kernel); err != nil {
-		return cfg, usageError("kernel: %v", err)
+		return cfg, UsageError("kernel: %v", err)
 	}
 	if initrd != "" {
 		if cfg.Initrd, err = openImage(initrd); err != nil {
-			return cfg, usageError("initrd: %v", err)
+			return cfg, UsageError("initrd: %v", err)
 		}
 	}
 	return cfg, nil
@@ -94,7 +95,7 @@ func machineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 func vmConfigFlags(c *cli.Context) (machine.Config, error) {
 	pol, err := bus.ParsePolicy(c.String("policy"))
 	if err != nil {
-		return machine.Config{}, usageError("--policy: %v", err)
+		return machine.Config{}, UsageError("--policy: %v", err)
 	}
 	logOut := io.Discard
 	if c.Bool("verbose") {
@@ -121,16 +122,16 @@ func openImage(path string) (machine.Image, error) {
 	return io.NewSectionReader(f, 0, st.Size()), nil
 }
 
-// runInteractive boots cfg with the console on this process's terminal and
+// RunInteractive boots cfg with the console on this process's terminal and
 // maps how the guest ended to the exit status.
-func runInteractive(ctx context.Context, cfg machine.Config, report bool) error {
+func RunInteractive(ctx context.Context, cfg machine.Config, report bool) error {
 	return runInteractiveWith(ctx, cfg, machine.New, report)
 }
 
-// runInteractiveWith is runInteractive with the machine made by create
+// runInteractiveWith is RunInteractive with the machine made by create
 // (machine.New, or a restore).
 func runInteractiveWith(ctx context.Context, cfg machine.Config, create func(machine.Config) (*machine.Machine, error), report bool) error {
-	return runConsole(ctx, cfg, create, report, cli.Exit("guest rebooted", exitReboot))
+	return runConsole(ctx, cfg, create, report, cli.Exit("guest rebooted", ExitReboot))
 }
 
 // runConsole runs the machine create makes with the console on this
@@ -166,7 +167,7 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	m, err := create(cfg)
 	if err != nil {
 		if errors.Is(err, machine.ErrInvalid) {
-			return cli.Exit(err.Error(), exitUsage)
+			return cli.Exit(err.Error(), ExitUsage)
 		}
 		return err
 	}
@@ -180,7 +181,7 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	debug.SetGCPercent(20)
 	start := time.Now()
 	if report {
-		defer writeAccounting(os.Stderr, m.Buses(), start)
+		defer WriteAccounting(os.Stderr, m.Buses(), start)
 	}
 	how, err := m.Run(ctx)
 	if err != nil {
@@ -194,8 +195,8 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	}
 	select {
 	case <-quit:
-		return cli.Exit("quit (Ctrl-A x)", exitStopped)
+		return cli.Exit("quit (Ctrl-A x)", ExitStopped)
 	default:
-		return cli.Exit("stopped", exitStopped)
+		return cli.Exit("stopped", ExitStopped)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package commands
 
 import (
 	"fmt"
@@ -9,9 +9,9 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 )
 
-// writeAccounting prints, for every inventory entry the machine offered and
+// WriteAccounting prints, for every inventory entry the machine offered and
 // every address it denied, how often the guest used it and when last.
-func writeAccounting(w io.Writer, buses []*bus.Bus, start time.Time) {
+func WriteAccounting(w io.Writer, buses []*bus.Bus, start time.Time) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENTRY\tSPACE\tRANGE\tCLASS\tREADS\tWRITES\tLAST (after start)")
 	last := func(t time.Time) string {

@@ -1,4 +1,4 @@
-package main
+package commands
 
 import (
 	"bufio"
@@ -41,7 +41,7 @@ func registryOptions(c *cli.Context, rep *reporter) (registry.Options, error) {
 	o := registry.Options{PlainHTTP: c.Bool("plain-http"), Username: c.String("username"), Progress: rep.event}
 	if c.Bool("password-stdin") {
 		if o.Username == "" {
-			return o, usageError("--password-stdin needs --username")
+			return o, UsageError("--password-stdin needs --username")
 		}
 		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 		if err != nil && err != io.EOF {
@@ -115,15 +115,15 @@ func shortDigest(d string) string {
 	return d
 }
 
-func pushCommand() *cli.Command {
+func Push() *cli.Command {
 	return &cli.Command{
 		Name:      "push",
 		Usage:     "verify an artifact and push it, its signature as a referrer, to an OCI registry; unchanged blobs are not uploaded again",
 		ArgsUsage: "ARTIFACT HOST[:PORT]/REPOSITORY:TAG",
-		Flags:     append([]cli.Flag{keyFlag()}, registryFlags()...),
+		Flags:     append([]cli.Flag{KeyFlag()}, registryFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
-				return usageError("push takes an artifact directory and a reference")
+				return UsageError("push takes an artifact directory and a reference")
 			}
 			// Only what verifies is pushed.
 			a, err := openArtifactAt(c, c.Args().Get(0))
@@ -152,7 +152,7 @@ func pushCommand() *cli.Command {
 func openArtifactAt(c *cli.Context, path string) (*snapshots.Artifact, error) {
 	pub, err := snapshots.LoadPublicKey(c.String("key"))
 	if err != nil {
-		return nil, usageError("--key: %v", err)
+		return nil, UsageError("--key: %v", err)
 	}
 	a, err := snapshots.Open(path, pub)
 	if err != nil {
@@ -165,19 +165,19 @@ func openArtifactAt(c *cli.Context, path string) (*snapshots.Artifact, error) {
 	return a, nil
 }
 
-func pullCommand() *cli.Command {
+func Pull() *cli.Command {
 	return &cli.Command{
 		Name:      "pull",
 		Usage:     "pull an artifact from an OCI registry into a new directory; it appears only once it has verified against --key",
 		ArgsUsage: "HOST[:PORT]/REPOSITORY(:TAG|@DIGEST) DIR",
-		Flags:     append([]cli.Flag{keyFlag()}, registryFlags()...),
+		Flags:     append([]cli.Flag{KeyFlag()}, registryFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
-				return usageError("pull takes a reference and a directory to create")
+				return UsageError("pull takes a reference and a directory to create")
 			}
 			pub, err := snapshots.LoadPublicKey(c.String("key"))
 			if err != nil {
-				return usageError("--key: %v", err)
+				return UsageError("--key: %v", err)
 			}
 			rep := newReporter(c, "pulled")
 			o, err := registryOptions(c, rep)
@@ -202,11 +202,11 @@ func fetchForResume(c *cli.Context, arg string, pub []byte) (string, error) {
 		return arg, nil
 	}
 	if !strings.Contains(arg, "/") {
-		return "", usageError("%s is neither an artifact directory nor a registry reference (HOST/REPOSITORY:TAG)", arg)
+		return "", UsageError("%s is neither an artifact directory nor a registry reference (HOST/REPOSITORY:TAG)", arg)
 	}
 	max, err := units.ParseSize(c.String("cache-max"))
 	if err != nil {
-		return "", usageError("--cache-max: %v", err)
+		return "", UsageError("--cache-max: %v", err)
 	}
 	rep := newReporter(c, "pulled")
 	o, err := registryOptions(c, rep)
@@ -233,7 +233,7 @@ func fetchForResume(c *cli.Context, arg string, pub []byte) (string, error) {
 	return f.Dir, nil
 }
 
-func cacheCommand() *cli.Command {
+func Cache() *cli.Command {
 	return &cli.Command{
 		Name:  "cache",
 		Usage: "list or prune the local artifact cache that resume REF fills",
@@ -262,7 +262,7 @@ func cacheCommand() *cli.Command {
 				Action: func(c *cli.Context) error {
 					max, err := units.ParseSize(c.String("cache-max"))
 					if err != nil {
-						return usageError("--cache-max: %v", err)
+						return UsageError("--cache-max: %v", err)
 					}
 					removed, freed, err := (&registry.Cache{Dir: c.String("cache")}).Prune(int64(max))
 					if err != nil {

@@ -1,4 +1,4 @@
-package main
+package commands
 
 import (
 	"context"
@@ -23,30 +23,30 @@ func artifactErr(err error) error {
 	for _, e := range []error{snapshots.ErrMalformed, snapshots.ErrTruncated, snapshots.ErrVersion, snapshots.ErrLimit,
 		snapshots.ErrSignature, snapshots.ErrUnsigned, snapshots.ErrDigest, machine.ErrInvalid} {
 		if errors.Is(err, e) {
-			return cli.Exit("refusing the artifact: "+err.Error(), exitUsage)
+			return cli.Exit("refusing the artifact: "+err.Error(), ExitUsage)
 		}
 	}
 	return err
 }
 
-func keyFlag() cli.Flag {
+func KeyFlag() cli.Flag {
 	return &cli.StringFlag{Name: "key", Required: true, Usage: "the builder's public key (PEM)"}
 }
 
 // openArtifact opens and verifies the artifact the command names.
 func openArtifact(c *cli.Context, what string) (*snapshots.Artifact, error) {
 	if c.NArg() != 1 {
-		return nil, usageError("%s takes one artifact directory", what)
+		return nil, UsageError("%s takes one artifact directory", what)
 	}
 	return openArtifactAt(c, c.Args().First())
 }
 
-func verifyCommand() *cli.Command {
+func Verify() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
 		Usage:     "check an artifact's signature and the digest of every blob; exit 0 if it would resume",
 		ArgsUsage: "ARTIFACT",
-		Flags:     []cli.Flag{keyFlag()},
+		Flags:     []cli.Flag{KeyFlag()},
 		Action: func(c *cli.Context) error {
 			start := time.Now()
 			a, err := openArtifact(c, "verify")
@@ -65,12 +65,12 @@ func mustKey(c *cli.Context) []byte {
 	return pub
 }
 
-func inspectCommand() *cli.Command {
+func Inspect() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
 		Usage:     "verify an artifact and describe it: machine, inputs, memory and blobs",
 		ArgsUsage: "ARTIFACT",
-		Flags:     []cli.Flag{keyFlag(), &cli.BoolFlag{Name: "json", Usage: "print the verified config as JSON"}},
+		Flags:     []cli.Flag{KeyFlag(), &cli.BoolFlag{Name: "json", Usage: "print the verified config as JSON"}},
 		Action: func(c *cli.Context) error {
 			a, err := openArtifact(c, "inspect")
 			if err != nil {
@@ -113,13 +113,13 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-func resumeCommand() *cli.Command {
+func Resume() *cli.Command {
 	return &cli.Command{
 		Name:      "resume",
 		Usage:     "verify a signed artifact (a directory, or a registry reference pulled through the cache) and resume its guest on the minimal VMM, console on this terminal (Ctrl-A x quits)",
 		ArgsUsage: "ARTIFACT|HOST/REPOSITORY(:TAG|@DIGEST)",
 		Flags: append(append([]cli.Flag{
-			keyFlag(),
+			KeyFlag(),
 			&cli.StringFlag{Name: "policy", Value: "deny", Usage: "accesses outside the profile: deny or kill"},
 			&cli.BoolFlag{Name: "serial", Value: true, Usage: "keep COM1 as the console (an addition to the minimal profile)"},
 			&cli.BoolFlag{Name: "report", Usage: "print the guest's use of each inventory entry, and the denied addresses, at exit"},
@@ -129,11 +129,11 @@ func resumeCommand() *cli.Command {
 		}, registryFlags()...), cacheDirFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return usageError("resume takes one artifact directory")
+				return UsageError("resume takes one artifact directory")
 			}
 			pub, err := snapshots.LoadPublicKey(c.String("key"))
 			if err != nil {
-				return usageError("--key: %v", err)
+				return UsageError("--key: %v", err)
 			}
 			cfg, err := vmConfigFlags(c)
 			if err != nil {
@@ -164,11 +164,11 @@ func resumeCommand() *cli.Command {
 				ctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
 				defer cancel()
 				step := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "resume: "+format+"\n", args...) }
-				return scripted(ctx, cfg, create, c.String("run"), c.Bool("report"), step, false)
+				return Scripted(ctx, cfg, create, c.String("run"), c.Bool("report"), step, false)
 			}
 			// The minimal VMM has no firmware and no legacy devices: a guest
 			// that reboots cannot boot again here.
-			needsBoot := cli.Exit("the guest rebooted: a resumed guest cannot boot again on the minimal VMM; boot it through the pipeline again with bunkerbuild build", exitNeedsBoot)
+			needsBoot := cli.Exit("the guest rebooted: a resumed guest cannot boot again on the minimal VMM; boot it through the pipeline again with bunkerbuild build", ExitNeedsBoot)
 			return runConsole(c.Context, cfg, create, c.Bool("report"), needsBoot)
 		},
 	}
