@@ -20,7 +20,7 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
-	"github.com/bunkerbuild/bunkerbuild/pipeline"
+	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
@@ -145,9 +145,9 @@ func TestBuildAndResume(t *testing.T) {
 	resume := func(name string) *session.Session {
 		var logBuf bytes.Buffer
 		cfg := machine.Config{SerialConsole: true, Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds)}
-		var res *pipeline.Resumed
+		var res *resume.Resumed
 		s, err := session.StartWith(ctx, cfg, func(cfg machine.Config) (*machine.Machine, error) {
-			r, err := pipeline.Resume(artifact, pub, cfg)
+			r, err := resume.Artifact(artifact, pub, cfg)
 			if err != nil {
 				return nil, err
 			}

@@ -127,7 +127,10 @@ func WriteIndex(dir string, snapshot ocispec.Descriptor, sigs []ocispec.Descript
 }
 
 // publish moves the finished directory tmp to out, exchanging it with an
-// old artifact atomically if there is one.
+// old artifact atomically if there is one. On file systems without
+// renameat2's flags (9p, some FUSE), it falls back to moving the old
+// artifact aside first: out then briefly does not exist, but it never
+// holds a partial artifact.
 func publish(tmp, out string) error {
 	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, out, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EEXIST) {
@@ -135,10 +138,28 @@ func publish(tmp, out string) error {
 			os.RemoveAll(tmp) // now the old artifact
 		}
 	}
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		err = publishPlain(tmp, out)
+	}
 	if err != nil {
 		return fmt.Errorf("rename into place: %w", err)
 	}
 	return fsutil.SyncDir(filepath.Dir(out))
+}
+
+func publishPlain(tmp, out string) error {
+	if _, err := os.Lstat(out); errors.Is(err, os.ErrNotExist) {
+		return os.Rename(tmp, out)
+	}
+	old := tmp + ".old"
+	if err := os.Rename(out, old); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		os.Rename(old, out) // put the old artifact back
+		return err
+	}
+	return os.RemoveAll(old)
 }
 
 // layoutWriter writes blobs into an OCI layout directory.

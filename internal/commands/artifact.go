@@ -13,7 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/bunkerbuild/bunkerbuild/pipeline"
+	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
@@ -145,7 +145,7 @@ func Resume() *cli.Command {
 				return err
 			}
 			create := func(cfg machine.Config) (*machine.Machine, error) {
-				r, err := pipeline.Resume(dir, pub, cfg)
+				r, err := resume.Artifact(dir, pub, cfg)
 				if err != nil {
 					return nil, artifactErr(err)
 				}

@@ -93,16 +93,20 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, o cpuOptions) []kvm.CPUID
 
 // featureRegs are the CPUID registers that hold feature bits: a guest
 // captured on one host may use every bit set there, so each must also be
-// set in the CPU this host can give it.
+// set in the CPU this host can give it. dynamic masks the bits KVM sets
+// from the guest's own state rather than the host's (OSXSAVE from
+// CR4.OSXSAVE, OSPKE from CR4.PKE, the APIC bit from the APIC base MSR):
+// a booted guest has them whatever the host.
 var featureRegs = []struct {
 	fn, index uint32
 	reg       string
+	dynamic   uint32
 }{
-	{leafFeatures, 0, "ecx"}, {leafFeatures, 0, "edx"},
-	{0x7, 0, "ebx"}, {0x7, 0, "ecx"}, {0x7, 0, "edx"}, {0x7, 1, "eax"},
-	{0xd, 1, "eax"},
-	{leafExtFeatures, 0, "ecx"}, {leafExtFeatures, 0, "edx"},
-	{leafKVMFeatures, 0, "eax"},
+	{leafFeatures, 0, "ecx", 1 << 27}, {leafFeatures, 0, "edx", 1 << 9},
+	{0x7, 0, "ebx", 0}, {0x7, 0, "ecx", 1 << 4}, {0x7, 0, "edx", 0}, {0x7, 1, "eax", 0},
+	{0xd, 1, "eax", 0},
+	{leafExtFeatures, 0, "ecx", 0}, {leafExtFeatures, 0, "edx", 1 << 9},
+	{leafKVMFeatures, 0, "eax", 0},
 }
 
 func cpuidReg(es []kvm.CPUIDEntry, fn, index uint32, reg string) (uint32, bool) {
@@ -134,7 +138,7 @@ func checkCPUIDCompatible(saved, host []kvm.CPUIDEntry) error {
 			continue
 		}
 		have, _ := cpuidReg(host, r.fn, r.index, r.reg)
-		if lack := want &^ have; lack != 0 {
+		if lack := want &^ have &^ r.dynamic; lack != 0 {
 			missing = append(missing, fmt.Sprintf("leaf %#x.%d %s bits %#x", r.fn, r.index, strings.ToUpper(r.reg), lack))
 		}
 	}

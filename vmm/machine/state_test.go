@@ -112,6 +112,7 @@ func TestCheckCPUIDCompatible(t *testing.T) {
 		{"fewer features", []kvm.CPUIDEntry{amd, {Function: 1, ECX: 1, EDX: 0x0f}, {Function: 7, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 0x01}}, ""},
 		{"other vendor", []kvm.CPUIDEntry{intel}, `vendor "GenuineIntel" is not this host's "AuthenticAMD"`},
 		{"leaf 1 bit", []kvm.CPUIDEntry{amd, {Function: 1, ECX: 0x80000003}}, "leaf 0x1.0 ECX bits 0x2"},
+		{"bits the guest sets itself", []kvm.CPUIDEntry{amd, {Function: 1, ECX: 1 << 27, EDX: 1 << 9}, {Function: 7, Flags: kvm.CPUIDFlagSignificantIndex, ECX: 1 << 4}}, ""},
 		{"leaf 7.0 bit", []kvm.CPUIDEntry{amd, {Function: 7, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 0x30}}, "leaf 0x7.0 EBX bits 0x30"},
 		{"leaf 7.1 bit", []kvm.CPUIDEntry{amd, {Function: 7, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 0x11}}, "leaf 0x7.1 EAX bits 0x1"},
 		{"leaf absent on host", []kvm.CPUIDEntry{amd, {Function: 0x80000001, EDX: 1}}, "leaf 0x80000001.0 EDX bits 0x1"},

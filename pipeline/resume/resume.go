@@ -1,4 +1,7 @@
-package pipeline
+// Package resume restores a guest from a signed artifact onto the minimal
+// VMM: the last stage of the pipeline, and the only one a production host
+// runs.
+package resume
 
 import (
 	"crypto/ed25519"
@@ -22,14 +25,14 @@ type Resumed struct {
 	Verify, Restore time.Duration
 }
 
-// Resume verifies the artifact at path against pub and restores its guest
+// Artifact verifies the artifact at path against pub and restores its guest
 // on the minimal VMM that cfg describes (its policy, console and log; the
 // profile is always minimal, and the vCPUs and memory are the artifact's).
 // Nothing from the artifact is mapped or reaches KVM before the signature
 // and the digest of every blob have been checked. Raw memory chunks are
 // mapped copy-on-write from the artifact's files, so that guests resumed
 // from one artifact share the pages they have not written.
-func Resume(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, error) {
+func Artifact(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, error) {
 	start := time.Now()
 	a, err := snapshots.Open(path, pub)
 	if err != nil {
