@@ -155,7 +155,7 @@ func superviseOne(ctx context.Context, self string, cfg *hostConfig, g guestConf
 			return r
 		}
 		r.restarts++
-		backoff := min(time.Second<<r.restarts, 30*time.Second)
+		backoff := min(backoffBase<<r.restarts, 30*time.Second)
 		logf("%s: restarting in %v (restart %d of %d)", g.Name, backoff, r.restarts, *g.MaxRestarts)
 		select {
 		case <-time.After(backoff):
@@ -165,6 +165,9 @@ func superviseOne(ctx context.Context, self string, cfg *hostConfig, g guestConf
 		}
 	}
 }
+
+// backoffBase is the wait before the first restart; it doubles after each.
+var backoffBase = time.Second
 
 // prefixWriter starts each line with prefix.
 type prefixWriter struct {
