@@ -259,7 +259,12 @@ func snapshotQEMU(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 		"-m", strconv.Itoa(memMiB), "-smp", strconv.Itoa(cpus), "-nodefaults", "-no-user-config",
 		"-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", os.Getenv(envKernel), "-initrd", os.Getenv(envInitrd), "-append", guestCmdline}
-	cmd := exec.CommandContext(ctx, args[0], append(args[1:], "-monitor", "unix:"+mon+",server=on,wait=off")...)
+	// The source is stopped before it is saved; without the global state
+	// in the stream the destination starts running as soon as it has
+	// loaded it, as a resumed snapshot should (otherwise it stays paused
+	// until told to continue).
+	cmd := exec.CommandContext(ctx, args[0], append(args[1:], "-monitor", "unix:"+mon+",server=on,wait=off",
+		"-global", "migration.store-global-state=off")...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return snapSample{}, err

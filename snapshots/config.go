@@ -1,7 +1,6 @@
 package snapshots
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/jsonstrict"
 )
 
 // Config describes the snapshotted machine. It is the artifact's config
@@ -103,14 +104,9 @@ func encodeConfig(c *Config) ([]byte, error) { return json.Marshal(c) }
 
 // decodeConfig decodes and validates an untrusted config.
 func decodeConfig(b []byte) (*Config, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var c Config
-	if err := dec.Decode(&c); err != nil {
+	if err := jsonstrict.Decode(b, &c); err != nil {
 		return nil, fmt.Errorf("%w: config: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: config: data after the JSON object", ErrMalformed)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err

@@ -16,6 +16,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/jsonstrict"
 )
 
 // Artifact is an opened artifact whose signature and manifest have been
@@ -94,7 +96,7 @@ func (a *Artifact) open(pub ed25519.PublicKey) error {
 		return err
 	}
 	var lay ocispec.ImageLayout
-	if err := strictJSON(layout, &lay); err != nil || lay.Version != ocispec.ImageLayoutVersion {
+	if err := jsonstrict.Decode(layout, &lay); err != nil || lay.Version != ocispec.ImageLayoutVersion {
 		return fmt.Errorf("%w: %s is not an OCI layout version %s", ErrMalformed, ocispec.ImageLayoutFile, ocispec.ImageLayoutVersion)
 	}
 	ib, err := a.readFile(ocispec.ImageIndexFile, MaxIndexSize)
@@ -132,7 +134,7 @@ func (a *Artifact) open(pub ed25519.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("snapshot manifest: %w", err)
 	}
-	if err := strictJSON(mb, &a.manifest); err != nil {
+	if err := jsonstrict.Decode(mb, &a.manifest); err != nil {
 		return fmt.Errorf("%w: snapshot manifest: %w", ErrMalformed, err)
 	}
 	if err := a.checkManifest(); err != nil {
@@ -174,7 +176,7 @@ func (a *Artifact) checkSignature(d ocispec.Descriptor, pub ed25519.PublicKey) e
 		return err
 	}
 	var m ocispec.Manifest
-	if err := strictJSON(b, &m); err != nil {
+	if err := jsonstrict.Decode(b, &m); err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	switch {
@@ -260,20 +262,6 @@ func checkDescriptor(d ocispec.Descriptor, mediaType string, max int64) error {
 	}
 	if d.Size <= 0 || d.Size > max {
 		return fmt.Errorf("%w: blob %s of %d bytes, want 1 to %d", ErrLimit, d.Digest, d.Size, max)
-	}
-	return nil
-}
-
-// strictJSON decodes one JSON value, refusing unknown fields and trailing
-// data.
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("data after the JSON value")
 	}
 	return nil
 }

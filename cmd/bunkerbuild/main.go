@@ -3,10 +3,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
-	"os"
-
 	"github.com/urfave/cli/v2"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/commands"
@@ -43,12 +39,5 @@ func main() {
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main reports errors itself
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "bunkerbuild: %v\n", err)
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			os.Exit(ec.ExitCode())
-		}
-		os.Exit(commands.ExitError)
-	}
+	commands.Main(app)
 }

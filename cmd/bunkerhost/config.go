@@ -82,7 +82,9 @@ func loadConfig(path string) (*hostConfig, error) {
 		return filepath.Join(dir, p)
 	}
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("%s: "+format, append([]any{path}, args...)...)) }
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{path}, args...)...))
+	}
 	if c.APIVersion != apiVersion {
 		bad("apiVersion %q, want %q", c.APIVersion, apiVersion)
 	}

@@ -9,10 +9,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
-	"os"
-
 	"github.com/urfave/cli/v2"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/commands"
@@ -33,12 +29,5 @@ func main() {
 			commands.Cache(),
 		},
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "bunkerhost:", err)
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			os.Exit(ec.ExitCode())
-		}
-		os.Exit(commands.ExitError)
-	}
+	commands.Main(app)
 }

@@ -5,7 +5,9 @@
 package commands
 
 import (
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,4 +33,17 @@ func UsageError(format string, args ...any) error {
 
 func CacheFlag() cli.Flag {
 	return &cli.StringFlag{Name: "cache", Value: guestimage.DefaultCacheDir(), Usage: "where the default guest's kernel and initramfs are cached"}
+}
+
+// Main runs app with the process's arguments and exits with the status
+// its error carries (ExitError if none), printing the error.
+func Main(app *cli.App) {
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", app.Name, err)
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(ExitError)
+	}
 }

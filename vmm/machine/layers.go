@@ -1,10 +1,10 @@
 package machine
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/jsonstrict"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
@@ -44,11 +44,11 @@ func (st *State) MarshalLayers() (vcpus, devices []byte, err error) {
 // Validate or let Restore do it.
 func UnmarshalLayers(vcpus, devices []byte) (*State, error) {
 	var v vcpuLayer
-	if err := strictJSON(vcpus, &v); err != nil {
+	if err := jsonstrict.Decode(vcpus, &v); err != nil {
 		return nil, fmt.Errorf("vCPU state: %w", err)
 	}
 	var d deviceLayer
-	if err := strictJSON(devices, &d); err != nil {
+	if err := jsonstrict.Decode(devices, &d); err != nil {
 		return nil, fmt.Errorf("device state: %w", err)
 	}
 	if v.Version != d.Version {
@@ -56,16 +56,4 @@ func UnmarshalLayers(vcpus, devices []byte) (*State, error) {
 	}
 	return &State{Version: d.Version, CPUs: d.CPUs, Memory: d.Memory, VCPUs: v.VCPUs,
 		IOAPIC: d.IOAPIC, Clock: d.Clock, PM: d.PM, Serial: d.Serial}, nil
-}
-
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return fmt.Errorf("data after the JSON value")
-	}
-	return nil
 }
