@@ -282,3 +282,47 @@ func TestWriteReplacesAtomically(t *testing.T) {
 		t.Errorf("stale partial directory survived: %v", err)
 	}
 }
+
+func TestVerifyCached(t *testing.T) {
+	pub, _ := testKey()
+	path := writeTest(t, testContents(t, testMemory(t)))
+	verify := func() (bool, error) {
+		a, err := Open(path, pub)
+		if err != nil {
+			return false, err
+		}
+		defer a.Close()
+		return a.VerifyCached()
+	}
+	for i, want := range []bool{true, false, false} {
+		hashed, err := verify()
+		if err != nil || hashed != want {
+			t.Fatalf("verification %d: hashed %v, %v; want hashed %v", i+1, hashed, err, want)
+		}
+	}
+	// A changed layer: its change time moves, so it is hashed, and refused.
+	l := layers(t, path)[3]
+	f := filepath.Join(path, "blobs/sha256", l.Digest.Encoded())
+	b, _ := os.ReadFile(f)
+	b[100] ^= 1
+	os.WriteFile(f, b, 0o644)
+	if hashed, err := verify(); !hashed || !errors.Is(err, ErrDigest) {
+		t.Errorf("after a change: hashed %v, %v", hashed, err)
+	}
+	b[100] ^= 1
+	os.WriteFile(f, b, 0o644)
+	if hashed, err := verify(); !hashed || err != nil {
+		t.Errorf("after undoing the change: hashed %v, %v; want a full verification", hashed, err)
+	}
+	// A directory others can write: never trusted from a stamp.
+	os.Chmod(filepath.Join(path, "blobs/sha256"), 0o777)
+	if hashed, err := verify(); !hashed || err != nil {
+		t.Errorf("with a world-writable blob directory: hashed %v, %v", hashed, err)
+	}
+	// A forged stamp for another manifest is ignored.
+	os.Chmod(filepath.Join(path, "blobs/sha256"), 0o755)
+	os.WriteFile(filepath.Join(path, StampFile), []byte(`{"manifest":"sha256:`+strings.Repeat("0", 64)+`","layers":[]}`), 0o644)
+	if hashed, err := verify(); !hashed || err != nil {
+		t.Errorf("with a stamp for another manifest: hashed %v, %v", hashed, err)
+	}
+}

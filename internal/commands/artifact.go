@@ -153,9 +153,13 @@ func Resume() *cli.Command {
 				if r.Config.Recipe != nil {
 					name = r.Config.Recipe.Name
 				}
-				fmt.Fprintf(os.Stderr, "bunkerbuild: resuming %q (%s, built %s by bunkerbuild %s) on the minimal profile: verified in %v, restored in %v\n",
+				how := "verified"
+				if !r.Hashed {
+					how = "verified (signature; digests by this host's stamp)"
+				}
+				fmt.Fprintf(os.Stderr, "bunkerbuild: resuming %q (%s, built %s by bunkerbuild %s) on the minimal profile: %s in %v, restored in %v\n",
 					name, r.Digest, r.Config.Created.Format(time.RFC3339), r.Config.BuilderVersion,
-					r.Verify.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
+					how, r.Verify.Round(time.Millisecond), r.Restore.Round(time.Millisecond))
 				return r.Machine, nil
 			}
 			if c.IsSet("run") {

@@ -23,13 +23,17 @@ type Resumed struct {
 	// Verify is the time spent checking the signature and every digest,
 	// Restore the time from then until the machine was ready to run.
 	Verify, Restore time.Duration
+	// Hashed says the layers were hashed; if not, this host's stamp showed
+	// it had verified these very files before (snapshots.StampFile).
+	Hashed bool
 }
 
 // Artifact verifies the artifact at path against pub and restores its guest
 // on the minimal VMM that cfg describes (its policy, console and log; the
 // profile is always minimal, and the vCPUs and memory are the artifact's).
 // Nothing from the artifact is mapped or reaches KVM before the signature
-// and the digest of every blob have been checked. Raw memory chunks are
+// and the digest of every blob have been checked, now or, by this host,
+// on files nobody else could have changed since (snapshots.StampFile). Raw memory chunks are
 // mapped copy-on-write from the artifact's files, so that guests resumed
 // from one artifact share the pages they have not written.
 func Artifact(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, error) {
@@ -39,10 +43,11 @@ func Artifact(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed,
 		return nil, err
 	}
 	defer a.Close()
-	if err := a.Verify(); err != nil {
+	hashed, err := a.VerifyCached()
+	if err != nil {
 		return nil, err
 	}
-	res := &Resumed{Digest: a.Digest().String(), Config: a.Config(), Verify: time.Since(start)}
+	res := &Resumed{Digest: a.Digest().String(), Config: a.Config(), Verify: time.Since(start), Hashed: hashed}
 	if p := res.Config.ResumeProfile; p != inventory.Minimal.String() {
 		return nil, fmt.Errorf("artifact %s resumes on profile %q; this VMM resumes on %q", path, p, inventory.Minimal)
 	}

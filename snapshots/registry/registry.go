@@ -221,7 +221,7 @@ func pullInto(ctx context.Context, repo *remote.Repository, desc ocispec.Descrip
 		if err != nil {
 			return c.stats(), err
 		}
-		err = a.Verify()
+		_, err = a.VerifyCached() // hashes, and stamps what it verified
 		a.Close()
 		if err != nil {
 			return c.stats(), err
