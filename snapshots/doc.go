@@ -67,6 +67,14 @@
 // checks each sparse chunk's header; [Artifact.RestoreMemory] refuses to
 // run before it has.
 //
+// Hashing every layer at every resume costs what reading the artifact
+// costs. [Artifact.VerifyCached] skips it when the artifact holds a stamp
+// ([StampFile]) that this host wrote after hashing, and the stamp, the
+// directories and every layer are private to this user or root and
+// unchanged since (same device, inode, size and change time, which only
+// the kernel sets). The signature, manifest and config are checked every
+// time.
+//
 // Mapping a blob copy-on-write means a later write to the blob's file
 // would show in the guest's not-yet-written pages, so RestoreMemory maps
 // only files that neither group nor others can write and that belong to
