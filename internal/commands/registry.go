@@ -201,8 +201,12 @@ func fetchForResume(c *cli.Context, arg string, pub []byte) (string, error) {
 	if st, err := os.Stat(arg); err == nil && st.IsDir() {
 		return arg, nil
 	}
-	if !strings.Contains(arg, "/") {
-		return "", UsageError("%s is neither an artifact directory nor a registry reference (HOST/REPOSITORY:TAG)", arg)
+	// A registry reference starts with a host: a name with a dot or a
+	// port, or localhost (as docker reads references). Anything else is
+	// taken for a directory that is not there.
+	host, _, ok := strings.Cut(arg, "/")
+	if !ok || !(strings.ContainsAny(host, ".:") || host == "localhost") || strings.HasPrefix(arg, ".") {
+		return "", UsageError("%s: no such artifact directory (a registry reference starts with a host, as in registry.example.com/guests/web:v1)", arg)
 	}
 	max, err := units.ParseSize(c.String("cache-max"))
 	if err != nil {
