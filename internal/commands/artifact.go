@@ -29,6 +29,7 @@ func artifactErr(err error) error {
 	return err
 }
 
+// KeyFlag is the --key flag: the builder's public key.
 func KeyFlag() cli.Flag {
 	return &cli.StringFlag{Name: "key", Required: true, Usage: "the builder's public key (PEM)"}
 }
@@ -41,6 +42,7 @@ func openArtifact(c *cli.Context, what string) (*snapshots.Artifact, error) {
 	return openArtifactAt(c, c.Args().First())
 }
 
+// Verify returns the verify command.
 func Verify() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
@@ -65,6 +67,7 @@ func mustKey(c *cli.Context) []byte {
 	return pub
 }
 
+// Inspect returns the inspect command.
 func Inspect() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
@@ -113,6 +116,7 @@ func Inspect() *cli.Command {
 	}
 }
 
+// Resume returns the resume command.
 func Resume() *cli.Command {
 	return &cli.Command{
 		Name:      "resume",

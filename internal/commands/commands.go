@@ -31,6 +31,7 @@ func UsageError(format string, args ...any) error {
 	return cli.Exit(fmt.Sprintf(format, args...), ExitUsage)
 }
 
+// CacheFlag is the --cache flag of the default guest's files.
 func CacheFlag() cli.Flag {
 	return &cli.StringFlag{Name: "cache", Value: guestimage.DefaultCacheDir(), Usage: "where the default guest's kernel and initramfs are cached"}
 }

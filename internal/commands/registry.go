@@ -115,6 +115,7 @@ func shortDigest(d string) string {
 	return d
 }
 
+// Push returns the push command.
 func Push() *cli.Command {
 	return &cli.Command{
 		Name:      "push",
@@ -165,6 +166,7 @@ func openArtifactAt(c *cli.Context, path string) (*snapshots.Artifact, error) {
 	return a, nil
 }
 
+// Pull returns the pull command.
 func Pull() *cli.Command {
 	return &cli.Command{
 		Name:      "pull",
@@ -237,6 +239,7 @@ func fetchForResume(c *cli.Context, arg string, pub []byte) (string, error) {
 	return f.Dir, nil
 }
 
+// Cache returns the cache command and its ls and prune subcommands.
 func Cache() *cli.Command {
 	return &cli.Command{
 		Name:  "cache",

@@ -26,6 +26,7 @@ import (
 // DefaultCmdline is the kernel command line run and demo boot with.
 const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 i8042.noaux"
 
+// VMFlags are the flags that describe a machine to boot.
 func VMFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "mem", Value: "512M", Usage: "guest RAM, e.g. 512M or 2G"},
@@ -39,6 +40,7 @@ func VMFlags() []cli.Flag {
 	}
 }
 
+// Run returns the run command, which boots a kernel on a profile with the console on the terminal.
 func Run() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
