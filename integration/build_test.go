@@ -159,10 +159,11 @@ func TestBuildAndResume(t *testing.T) {
 		}
 		t.Logf("resume %s: verified in %v, restored in %v", name, res.Verify.Round(time.Millisecond), res.Restore.Round(time.Millisecond))
 		t.Cleanup(func() {
-			s.Close()
 			if t.Failed() {
-				t.Logf("console of %s after resume:\n%s\nVMM log:\n%s", name, s.Console.Output(), logBuf.String())
+				vcpus := s.Machine.DebugState() // before Close, while the vCPUs exist
+				t.Logf("console of %s after resume:\n%s\nVMM log:\n%s\nvCPUs:\n%s", name, s.Console.Output(), logBuf.String(), vcpus)
 			}
+			s.Close()
 		})
 		return s
 	}

@@ -55,10 +55,11 @@ func TestHandoffFullToMinimal(t *testing.T) {
 		t.Fatalf("restore on the minimal profile: %v", err)
 	}
 	defer func() {
-		r.Close()
 		if t.Failed() {
-			t.Logf("console after resume:\n%s\nVMM log:\n%s", r.Console.Output(), logBuf.String())
+			vcpus := r.Machine.DebugState() // before Close, while the vCPUs exist
+			t.Logf("console after resume:\n%s\nVMM log:\n%s\nvCPUs:\n%s", r.Console.Output(), logBuf.String(), vcpus)
 		}
+		r.Close()
 	}()
 	after := run(t, ctx, r, "cat /proc/uptime")
 	t.Logf("uptime before %q, after %q", before, after)
