@@ -42,6 +42,8 @@ func Scripted(ctx context.Context, cfg machine.Config, create func(machine.Confi
 	}
 	out, status, err := s.Console.Run(ctx, command)
 	if err != nil {
+		// A guest that stopped answering: say where its vCPUs are.
+		step("the guest did not answer; its vCPUs:\n%s", s.Machine.DebugState())
 		return err
 	}
 	step("%q exited %d after %v; its output:\n%s", command, status, time.Since(start).Round(time.Millisecond), strings.TrimRight(out, "\n"))
