@@ -130,6 +130,7 @@ func Resume() *cli.Command {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log denied accesses"},
 			&cli.StringFlag{Name: "run", Usage: "instead of connecting the console to this terminal, run this shell command in the guest, print its output and power the guest off"},
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "with --run: give up after this long"},
+			&cli.BoolFlag{Name: "copy-memory", Usage: "copy guest memory out of the artifact instead of mapping it copy-on-write (no sharing between guests; the artifact may change once the guest runs)"},
 		}, registryFlags()...), cacheDirFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -149,7 +150,7 @@ func Resume() *cli.Command {
 				return err
 			}
 			create := func(cfg machine.Config) (*machine.Machine, error) {
-				r, err := resume.Artifact(dir, pub, cfg)
+				r, err := resume.ArtifactWith(dir, pub, cfg, resume.Options{CopyMemory: c.Bool("copy-memory")})
 				if err != nil {
 					return nil, artifactErr(err)
 				}

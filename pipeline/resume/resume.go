@@ -37,6 +37,19 @@ type Resumed struct {
 // mapped copy-on-write from the artifact's files, so that guests resumed
 // from one artifact share the pages they have not written.
 func Artifact(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed, error) {
+	return ArtifactWith(path, pub, cfg, Options{})
+}
+
+// Options change how an artifact is resumed.
+type Options struct {
+	// CopyMemory copies guest memory out of the artifact instead of
+	// mapping it copy-on-write: each guest then has its own copy, and the
+	// artifact's files may change or go once the guest runs.
+	CopyMemory bool
+}
+
+// ArtifactWith is Artifact with options.
+func ArtifactWith(path string, pub ed25519.PublicKey, cfg machine.Config, o Options) (*Resumed, error) {
 	start := time.Now()
 	a, err := snapshots.Open(path, pub)
 	if err != nil {
@@ -72,6 +85,9 @@ func Artifact(path string, pub ed25519.PublicKey, cfg machine.Config) (*Resumed,
 		var dst []snapshots.MemRegion
 		for i, r := range regions {
 			dst = append(dst, snapshots.MemRegion{GPA: r.GPA, Data: maps[i]})
+		}
+		if o.CopyMemory {
+			return a.RestoreMemory(dst, nil)
 		}
 		return a.RestoreMemory(dst, g.MapFile)
 	})
