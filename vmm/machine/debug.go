@@ -2,8 +2,10 @@ package machine
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Local APIC register offsets (in the KVM_GET_LAPIC page) for DebugState.
@@ -12,11 +14,21 @@ const (
 	lapicIRR = 0x200
 )
 
-// DebugState pauses the machine and describes each vCPU for a person
-// chasing a hung guest: its MP state, RIP, whether interrupts are enabled,
-// and the vectors in service and requested at its local APIC. The machine
-// stays paused.
+// DebugState describes each vCPU for a person chasing a hung guest: its
+// MP state, RIP twice (300 ms of running apart, to tell a loop from a
+// vCPU that does not run), whether interrupts are enabled, the vectors in
+// service and requested at its local APIC, and KVM's pending interrupt
+// and NMI state (kvm_vcpu_events). It leaves the machine paused.
 func (m *Machine) DebugState() string {
+	m.Pause()
+	first := make([]uint64, len(m.cpus))
+	for i, v := range m.cpus {
+		if regs, err := v.KVM().Regs(); err == nil {
+			first[i] = regs.RIP
+		}
+	}
+	m.Resume()
+	time.Sleep(300 * time.Millisecond)
 	m.Pause()
 	var b strings.Builder
 	for i, v := range m.cpus {
@@ -24,12 +36,16 @@ func (m *Machine) DebugState() string {
 		mp, err1 := c.MPState()
 		regs, err2 := c.Regs()
 		lapic, err3 := c.LAPIC()
-		if err := firstErr(err1, err2, err3); err != nil {
+		ev, err4 := c.VCPUEvents()
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
 			fmt.Fprintf(&b, "vCPU %d: %v\n", i, err)
 			continue
 		}
-		fmt.Fprintf(&b, "vCPU %d: mp_state %d rip %#x IF %v ISR %v IRR %v\n", i, mp, regs.RIP, regs.RFLAGS&(1<<9) != 0,
-			vectors(lapic[:], lapicISR), vectors(lapic[:], lapicIRR))
+		// struct kvm_vcpu_events: interrupt {injected, nr, soft, shadow}
+		// at byte 8, nmi {injected, pending, masked} at byte 12.
+		fmt.Fprintf(&b, "vCPU %d: mp_state %d rip %#x then %#x IF %v ISR %v IRR %v; interrupt injected %d nr %d shadow %d; nmi injected %d pending %d masked %d\n",
+			i, mp, first[i], regs.RIP, regs.RFLAGS&(1<<9) != 0, vectors(lapic[:], lapicISR), vectors(lapic[:], lapicIRR),
+			ev[8], ev[9], ev[11], ev[12], ev[13], ev[14])
 	}
 	if m.ioapic != nil {
 		s := m.ioapic.State()
@@ -55,13 +71,4 @@ func vectors(lapic []byte, off int) []int {
 		}
 	}
 	return vs
-}
-
-func firstErr(errs ...error) error {
-	for _, e := range errs {
-		if e != nil {
-			return e
-		}
-	}
-	return nil
 }
