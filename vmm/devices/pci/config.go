@@ -1,0 +1,288 @@
+// Package pci emulates PCI configuration space for the required devices:
+// configuration mechanism #1 (an address register and a data window, at
+// the ports the inventory gives them), bus 0 with up to 32 single-function
+// devices, and type-0 headers whose every guest write goes through a
+// per-bit write mask, so that read-only fields stay as the device set
+// them and base address registers stay aligned to their size.
+//
+// It is the groundwork of the virtio-over-PCI issue and is not wired into
+// a machine profile yet.
+package pci
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+)
+
+// ConfigSize is the size of a function's configuration space (PCI, not
+// PCIe extended).
+const ConfigSize = 256
+
+// Type-0 header offsets.
+const (
+	OffVendor       = 0x00
+	OffDevice       = 0x02
+	OffCommand      = 0x04
+	OffStatus       = 0x06
+	OffRevision     = 0x08
+	OffClass        = 0x09 // programming interface, subclass, class: 3 bytes
+	OffHeaderType   = 0x0e
+	OffBAR0         = 0x10
+	OffSubsysVendor = 0x2c
+	OffSubsys       = 0x2e
+	OffCapPtr       = 0x34
+	OffIntLine      = 0x3c
+	OffIntPin       = 0x3d
+
+	capStart = 0x40 // capabilities live after the header
+)
+
+// Capability IDs.
+const (
+	CapVendor = 0x09 // vendor-specific: virtio's capabilities, which repeat
+	CapMSIX   = 0x11
+)
+
+// Command and status register bits.
+const (
+	CommandIO          = 1 << 0
+	CommandMemory      = 1 << 1
+	CommandMaster      = 1 << 2
+	CommandIntxDisable = 1 << 10
+	StatusCapList      = 1 << 4
+
+	commandWritable = CommandIO | CommandMemory | CommandMaster | CommandIntxDisable
+)
+
+// BAR describes a base address register: Size 0 means unused.
+type BAR struct {
+	Size         uint64 // a power of two: at least 16 for memory, 4 for I/O
+	IO           bool
+	Is64         bool // memory only; uses this slot and the next
+	Prefetchable bool
+}
+
+// Header is the identity of a type-0 function.
+type Header struct {
+	Vendor, Device             uint16
+	Revision                   uint8
+	Class                      uint32 // class<<16 | subclass<<8 | programming interface
+	SubsystemVendor, Subsystem uint16
+	IntPin                     uint8 // 0: none, 1: INTA#
+}
+
+// Capability is one entry of the capability list: its ID and the bytes
+// after the ID and next-pointer, with a mask of the bits the guest may
+// write (nil: none).
+type Capability struct {
+	ID       uint8
+	Body     []byte
+	Writable []byte
+}
+
+// Function is one function's configuration space, as the host bridge
+// reaches it. off is naturally aligned for len(data), which is 1, 2 or 4.
+type Function interface {
+	ReadConfig(off uint8, data []byte)
+	WriteConfig(off uint8, data []byte)
+}
+
+// Endpoint is a type-0 function. Guest writes are masked bit by bit;
+// status bits are write-one-to-clear.
+type Endpoint struct {
+	mu    sync.Mutex
+	cfg   [ConfigSize]byte
+	wmask [ConfigSize]byte
+	w1c   [ConfigSize]byte
+	bars  [6]BAR
+	caps  map[uint8]uint8 // capability ID -> offset
+
+	// OnBAR, if set, is called (without the endpoint's lock) after the
+	// guest moves BAR i; OnCommand after it changes the command register.
+	OnBAR     func(i int, addr uint64)
+	OnCommand func(cmd uint16)
+}
+
+// NewEndpoint lays out a type-0 header with bars and caps. It checks the
+// BARs (power-of-two sizes, 64-bit BARs not in the last slot and with the
+// next slot free) and that the capabilities fit in the space after the
+// header.
+func NewEndpoint(h Header, bars [6]BAR, caps []Capability) (*Endpoint, error) {
+	e := &Endpoint{bars: bars, caps: map[uint8]uint8{}}
+	le := binary.LittleEndian
+	le.PutUint16(e.cfg[OffVendor:], h.Vendor)
+	le.PutUint16(e.cfg[OffDevice:], h.Device)
+	e.cfg[OffRevision] = h.Revision
+	e.cfg[OffClass], e.cfg[OffClass+1], e.cfg[OffClass+2] = byte(h.Class), byte(h.Class>>8), byte(h.Class>>16)
+	le.PutUint16(e.cfg[OffSubsysVendor:], h.SubsystemVendor)
+	le.PutUint16(e.cfg[OffSubsys:], h.Subsystem)
+	if h.IntPin > 4 {
+		return nil, fmt.Errorf("pci: interrupt pin %d, want 0 to 4", h.IntPin)
+	}
+	e.cfg[OffIntPin] = h.IntPin
+	le.PutUint16(e.wmask[OffCommand:], commandWritable)
+	e.wmask[OffIntLine] = 0xff
+	// Status: the error bits (15:11 and 8) are write-one-to-clear.
+	le.PutUint16(e.w1c[OffStatus:], 0xf900)
+	for i := 0; i < len(bars); i++ {
+		b := bars[i]
+		if b.Size == 0 {
+			continue
+		}
+		switch {
+		case bits.OnesCount64(b.Size) != 1:
+			return nil, fmt.Errorf("pci: BAR %d size %#x is not a power of two", i, b.Size)
+		case b.IO && (b.Size < 4 || b.Size > 256 || b.Is64 || b.Prefetchable):
+			return nil, fmt.Errorf("pci: I/O BAR %d: size %#x (want 4 to 256), not 64-bit, not prefetchable", i, b.Size)
+		case !b.IO && b.Size < 16:
+			return nil, fmt.Errorf("pci: memory BAR %d size %#x is under 16 bytes", i, b.Size)
+		case !b.IO && !b.Is64 && b.Size > 1<<31:
+			return nil, fmt.Errorf("pci: 32-bit memory BAR %d size %#x is over 2 GiB", i, b.Size)
+		case b.Is64 && (i == 5 || bars[i+1].Size != 0):
+			return nil, fmt.Errorf("pci: 64-bit BAR %d needs slot %d free", i, i+1)
+		}
+		off := OffBAR0 + 4*i
+		mask := ^(b.Size - 1)
+		var flags uint32
+		switch {
+		case b.IO:
+			flags = 1
+			le.PutUint32(e.wmask[off:], uint32(mask)&^3)
+		default:
+			if b.Is64 {
+				flags |= 2 << 1
+			}
+			if b.Prefetchable {
+				flags |= 1 << 3
+			}
+			le.PutUint32(e.wmask[off:], uint32(mask)&^0xf)
+			if b.Is64 {
+				le.PutUint32(e.wmask[off+4:], uint32(mask>>32))
+				i++ // the upper half
+			}
+		}
+		le.PutUint32(e.cfg[off:], flags)
+	}
+	next := capStart
+	prev := OffCapPtr
+	for _, c := range caps {
+		n := 2 + len(c.Body)
+		if c.Writable != nil && len(c.Writable) != len(c.Body) {
+			return nil, fmt.Errorf("pci: capability %#x: write mask of %d bytes for a body of %d", c.ID, len(c.Writable), len(c.Body))
+		}
+		if next+n > ConfigSize {
+			return nil, errors.New("pci: capabilities do not fit in configuration space")
+		}
+		if _, dup := e.caps[c.ID]; dup && c.ID != CapVendor {
+			return nil, fmt.Errorf("pci: capability %#x twice", c.ID)
+		}
+		if _, dup := e.caps[c.ID]; !dup {
+			e.caps[c.ID] = uint8(next)
+		}
+		e.cfg[prev] = uint8(next)
+		e.cfg[next] = c.ID
+		copy(e.cfg[next+2:], c.Body)
+		copy(e.wmask[next+2:], c.Writable)
+		prev = next + 1
+		next = (next + n + 3) &^ 3
+	}
+	if len(caps) > 0 {
+		le.PutUint16(e.cfg[OffStatus:], StatusCapList)
+	}
+	return e, nil
+}
+
+// ReadConfig reads configuration space.
+func (e *Endpoint) ReadConfig(off uint8, data []byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !aligned(off, len(data)) {
+		fill(data)
+		return
+	}
+	copy(data, e.cfg[off:])
+}
+
+// WriteConfig writes configuration space through the write masks.
+func (e *Endpoint) WriteConfig(off uint8, data []byte) {
+	if !aligned(off, len(data)) {
+		return
+	}
+	e.mu.Lock()
+	oldCmd := e.command()
+	oldBARs := e.barAddrs()
+	for i, v := range data {
+		o := int(off) + i
+		e.cfg[o] = e.cfg[o]&^e.wmask[o] | v&e.wmask[o]
+		e.cfg[o] &^= v & e.w1c[o]
+	}
+	cmd, bars := e.command(), e.barAddrs()
+	onBAR, onCmd := e.OnBAR, e.OnCommand
+	e.mu.Unlock()
+	for i := range bars {
+		if bars[i] != oldBARs[i] && onBAR != nil {
+			onBAR(i, bars[i])
+		}
+	}
+	if cmd != oldCmd && onCmd != nil {
+		onCmd(cmd)
+	}
+}
+
+func (e *Endpoint) command() uint16 { return binary.LittleEndian.Uint16(e.cfg[OffCommand:]) }
+
+// barAddrs returns each BAR's address (0 for unused slots and upper
+// halves).
+func (e *Endpoint) barAddrs() [6]uint64 {
+	var a [6]uint64
+	for i := 0; i < 6; i++ {
+		b := e.bars[i]
+		if b.Size == 0 {
+			continue
+		}
+		lo := uint64(binary.LittleEndian.Uint32(e.cfg[OffBAR0+4*i:]))
+		if b.IO {
+			a[i] = lo &^ 3
+			continue
+		}
+		a[i] = lo &^ 0xf
+		if b.Is64 {
+			a[i] |= uint64(binary.LittleEndian.Uint32(e.cfg[OffBAR0+4*(i+1):])) << 32
+			i++
+		}
+	}
+	return a
+}
+
+// BARAddress returns BAR i's current address.
+func (e *Endpoint) BARAddress(i int) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.barAddrs()[i]
+}
+
+// Command returns the command register.
+func (e *Endpoint) Command() uint16 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.command()
+}
+
+// Capability returns the offset of the first capability with id.
+func (e *Endpoint) Capability(id uint8) (uint8, bool) {
+	off, ok := e.caps[id]
+	return off, ok
+}
+
+func aligned(off uint8, n int) bool {
+	return (n == 1 || n == 2 || n == 4) && int(off)%n == 0 && int(off)+n <= ConfigSize
+}
+
+func fill(data []byte) {
+	for i := range data {
+		data[i] = 0xff
+	}
+}
