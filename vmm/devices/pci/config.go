@@ -104,6 +104,9 @@ type Endpoint struct {
 	// guest moves BAR i; OnCommand after it changes the command register.
 	OnBAR     func(i int, addr uint64)
 	OnCommand func(cmd uint16)
+	// OnWrite, if set, is called after every guest write, with its
+	// offset and size (MSI-X re-reads its message control through it).
+	OnWrite func(off uint8, n int)
 }
 
 // NewEndpoint lays out a type-0 header with bars and caps. It checks the
@@ -220,8 +223,11 @@ func (e *Endpoint) WriteConfig(off uint8, data []byte) {
 		e.cfg[o] &^= v & e.w1c[o]
 	}
 	cmd, bars := e.command(), e.barAddrs()
-	onBAR, onCmd := e.OnBAR, e.OnCommand
+	onBAR, onCmd, onWrite := e.OnBAR, e.OnCommand, e.OnWrite
 	e.mu.Unlock()
+	if onWrite != nil {
+		onWrite(off, len(data))
+	}
 	for i := range bars {
 		if bars[i] != oldBARs[i] && onBAR != nil {
 			onBAR(i, bars[i])
