@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 )
 
 // MSI-X: the interrupt path of the minimal profile's PCI devices. The
@@ -14,12 +16,17 @@ import (
 const MaxMSIXVectors = 2048
 
 const (
-	msixEntrySize   = 16
-	msixCtrlEnable  = 1 << 15
-	msixCtrlMask    = 1 << 14
-	msixVectorMask  = 1          // vector control: masked
-	msiAddressBase  = 0xfee00000 // x86 MSIs are writes to the local APIC window
-	msiAddressLimit = 0xfeefffff
+	msixEntrySize  = 16
+	msixCtrlEnable = 1 << 15
+	msixCtrlMask   = 1 << 14
+	msixVectorMask = 1 // vector control: masked
+)
+
+// x86 MSIs are writes into the 1 MiB interrupt window that starts at the
+// local APIC's base (the destination APIC ID is in address bits 19:12).
+var (
+	msiAddressBase  = uint32(inventory.MustGet(inventory.LAPICMem).Base)
+	msiAddressLimit = msiAddressBase | 0xfffff
 )
 
 // MSISink delivers one message-signalled interrupt.

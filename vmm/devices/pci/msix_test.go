@@ -64,25 +64,25 @@ func (r *msixRig) entry(v int, lo, data uint32, masked bool) {
 func TestMSIX(t *testing.T) {
 	r := newMSIXRig(t)
 	// Disabled: nothing is delivered, nothing pends.
-	r.entry(1, 0xfee00000, 0x41, false)
+	r.entry(1, msiAddressBase, 0x41, false)
 	r.m.Notify(1)
 	if len(r.s.got) != 0 {
 		t.Fatal("delivered while MSI-X is disabled")
 	}
 	r.control(msixCtrlEnable)
 	r.m.Notify(1)
-	if len(r.s.got) != 1 || r.s.got[0] != (msi{0xfee00000, 0, 0x41}) {
+	if len(r.s.got) != 1 || r.s.got[0] != (msi{msiAddressBase, 0, 0x41}) {
 		t.Fatalf("delivered %+v", r.s.got)
 	}
 	// A masked vector pends, shows in the PBA, and goes on unmask.
-	r.entry(2, 0xfee01000, 0x42, true)
+	r.entry(2, msiAddressBase+0x1000, 0x42, true)
 	r.m.Notify(2)
 	var pba [8]byte
 	r.m.ReadPBA(0, pba[:])
 	if len(r.s.got) != 1 || binary.LittleEndian.Uint64(pba[:]) != 1<<2 {
 		t.Fatalf("masked vector: delivered %d, PBA %#x", len(r.s.got), pba)
 	}
-	r.entry(2, 0xfee01000, 0x42, false)
+	r.entry(2, msiAddressBase+0x1000, 0x42, false)
 	if len(r.s.got) != 2 || r.s.got[1].data != 0x42 {
 		t.Fatalf("unmasking did not deliver: %+v", r.s.got)
 	}
@@ -128,7 +128,7 @@ func TestMSIX(t *testing.T) {
 // FuzzMSIX drives the table, the control bits and notifications: nothing
 // panics, and every delivered message has an x86 MSI address.
 func FuzzMSIX(f *testing.F) {
-	f.Add([]byte{0, 0, 0xfe, 0xe0, 0, 0, 3, 0x80, 0, 0, 0, 1, 4, 1})
+	f.Add([]byte{0, 0, 0, 0, 0xe0, 0xfe, 0, 2, 0, 0x80, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		r := newMSIXRig(t)
 		for len(ops) >= 7 {
