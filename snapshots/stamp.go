@@ -36,10 +36,18 @@ type fileID struct {
 	Ctime    int64 // ns
 }
 
-func statID(path string) (fileID, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
+// statID identifies the file at name inside the artifact. Everything the
+// stamp checks goes through the artifact's os.Root, the directory Open
+// opened, so a directory renamed in its place afterwards is not the one
+// checked.
+func (a *Artifact) statID(name string) (fileID, error) {
+	fi, err := a.root.Lstat(name)
+	if err != nil {
 		return fileID{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, errors.New("no stat data")
 	}
 	return fileID{Dev: st.Dev, Ino: st.Ino, Size: st.Size, Ctime: st.Ctim.Nano()}, nil
 }
@@ -59,7 +67,7 @@ func (a *Artifact) layerIDs() ([]fileID, error) {
 			return nil, err
 		}
 		p, _ := blobPath(l.Digest)
-		id, err := statID(filepath.Join(a.path, p))
+		id, err := a.statID(p)
 		if err != nil {
 			return nil, err
 		}
@@ -68,10 +76,10 @@ func (a *Artifact) layerIDs() ([]fileID, error) {
 	return ids, nil
 }
 
-// privatePath reports whether path is owned by this user or root and not
-// writable by group or others.
-func privatePath(path string) bool {
-	st, err := os.Lstat(path)
+// private reports whether name, inside the artifact, is owned by this
+// user or root, not writable by group or others, and not a symbolic link.
+func (a *Artifact) private(name string) bool {
+	st, err := a.root.Lstat(name)
 	if err != nil || st.Mode().Perm()&0o022 != 0 || st.Mode()&os.ModeSymlink != 0 {
 		return false
 	}
@@ -96,13 +104,13 @@ func (a *Artifact) VerifyCached() (hashed bool, err error) {
 }
 
 func (a *Artifact) stampValid() bool {
-	for _, p := range []string{a.path, filepath.Join(a.path, "blobs"), filepath.Join(a.path, "blobs", "sha256"), filepath.Join(a.path, StampFile)} {
-		if !privatePath(p) {
+	for _, p := range []string{".", "blobs", "blobs/sha256", StampFile} {
+		if !a.private(p) {
 			return false
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(a.path, StampFile))
-	if err != nil || len(b) > MaxIndexSize {
+	b, err := a.readFile(StampFile, MaxIndexSize)
+	if err != nil {
 		return false
 	}
 	var s stamp
@@ -122,7 +130,7 @@ func (a *Artifact) stampValid() bool {
 }
 
 func (a *Artifact) writeStamp() error {
-	if !privatePath(a.path) {
+	if !a.private(".") {
 		return errors.New("the artifact directory is not private")
 	}
 	ids, err := a.layerIDs()
