@@ -66,7 +66,11 @@ type reporter struct {
 }
 
 func newReporter(c *cli.Context, verb string) *reporter {
-	return &reporter{verb: verb, json: c.Bool("json"), tty: term.IsTerminal(int(os.Stderr.Fd())), start: time.Now()}
+	// A progress line that redraws itself when a person is watching (stdout
+	// is a terminal, and so is stderr, where it is drawn); a line per blob
+	// for logs.
+	tty := term.IsTerminal(int(os.Stdout.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
+	return &reporter{verb: verb, json: c.Bool("json"), tty: tty, start: time.Now()}
 }
 
 func (r *reporter) event(e registry.Event) {
