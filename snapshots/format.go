@@ -3,7 +3,9 @@ package snapshots
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -105,4 +107,23 @@ func checkDigest(d digest.Digest) error {
 		return fmt.Errorf("%w: digest %.80q: %w", ErrMalformed, string(d), err)
 	}
 	return nil
+}
+
+// parallel calls f(0), ..., f(n-1), one goroutine per CPU, and returns
+// when all have returned.
+func parallel(n int, f func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), n) {
+		wg.Go(func() {
+			for i := range next {
+				f(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }

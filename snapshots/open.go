@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
-	"sync"
 	"syscall"
 
 	digest "github.com/opencontainers/go-digest"
@@ -29,7 +27,8 @@ type Artifact struct {
 	desc     ocispec.Descriptor // the snapshot manifest
 	manifest ocispec.Manifest
 	config   *Config
-	verified bool // Verify succeeded
+	signer   ed25519.PublicKey // the key whose signature verified
+	verified bool              // Verify succeeded
 }
 
 // Open opens the artifact directory path and verifies, in this order, that
@@ -50,7 +49,7 @@ func Open(path string, pub ed25519.PublicKey) (*Artifact, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open artifact: %w", err)
 	}
-	a := &Artifact{path: path, root: root}
+	a := &Artifact{path: path, root: root, signer: pub}
 	if err := a.open(pub); err != nil {
 		root.Close()
 		return nil, fmt.Errorf("artifact %s: %w", path, err)
@@ -60,6 +59,9 @@ func Open(path string, pub ed25519.PublicKey) (*Artifact, error) {
 
 // Close releases the artifact's directory.
 func (a *Artifact) Close() error { return a.root.Close() }
+
+// KeyID names the key whose signature Open verified.
+func (a *Artifact) KeyID() string { return KeyID(a.signer) }
 
 // Path returns the artifact's directory.
 func (a *Artifact) Path() string { return a.path }
@@ -352,20 +354,7 @@ func (a *Artifact) DeviceState() ([]byte, error) {
 func (a *Artifact) Verify() error {
 	layers := a.manifest.Layers
 	errs := make([]error, len(layers))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(layers)) {
-		wg.Go(func() {
-			for i := range next {
-				errs[i] = a.verifyLayer(i, layers[i])
-			}
-		})
-	}
-	for i := range layers {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	parallel(len(layers), func(i int) { errs[i] = a.verifyLayer(i, layers[i]) })
 	for i, err := range errs {
 		if err != nil {
 			return fmt.Errorf("artifact %s: layer %d: %w", a.path, i, err)
@@ -506,11 +495,21 @@ func checkPrivate(f *os.File) error {
 	if err != nil {
 		return err
 	}
+	if err := private(st); err != nil {
+		return fmt.Errorf("blob %s %w; not mapping it", f.Name(), err)
+	}
+	return nil
+}
+
+// private says why a file others could write is not private: one that
+// group or others may write, or that belongs to neither root nor this
+// user. It returns nil for a private file.
+func private(st os.FileInfo) error {
 	if st.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("blob %s is writable by group or others (mode %v); not mapping it", f.Name(), st.Mode().Perm())
+		return fmt.Errorf("is writable by group or others (mode %v)", st.Mode().Perm())
 	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 && sys.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("blob %s is owned by uid %d, neither root nor this user; not mapping it", f.Name(), sys.Uid)
+		return fmt.Errorf("is owned by uid %d, neither root nor this user", sys.Uid)
 	}
 	return nil
 }

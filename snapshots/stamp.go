@@ -36,15 +36,9 @@ type fileID struct {
 	Ctime    int64 // ns
 }
 
-// statID identifies the file at name inside the artifact. Everything the
-// stamp checks goes through the artifact's os.Root, the directory Open
-// opened, so a directory renamed in its place afterwards is not the one
-// checked.
-func (a *Artifact) statID(name string) (fileID, error) {
-	fi, err := a.root.Lstat(name)
-	if err != nil {
-		return fileID{}, err
-	}
+// idOf identifies a file by what only its owner or the kernel could have
+// changed since.
+func idOf(fi os.FileInfo) (fileID, error) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fileID{}, errors.New("no stat data")
@@ -53,7 +47,9 @@ func (a *Artifact) statID(name string) (fileID, error) {
 }
 
 // layerIDs returns the identity of every layer file, after checking that
-// each is private.
+// each is private. The files are opened through the artifact's os.Root,
+// the directory Open opened, and identified by the open file, so a
+// directory or file renamed into place afterwards is not the one checked.
 func (a *Artifact) layerIDs() ([]fileID, error) {
 	var ids []fileID
 	for _, l := range a.manifest.Layers {
@@ -61,13 +57,15 @@ func (a *Artifact) layerIDs() ([]fileID, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = checkPrivate(f)
+		st, err := f.Stat()
 		f.Close()
 		if err != nil {
 			return nil, err
 		}
-		p, _ := blobPath(l.Digest)
-		id, err := a.statID(p)
+		if err := private(st); err != nil {
+			return nil, err
+		}
+		id, err := idOf(st)
 		if err != nil {
 			return nil, err
 		}
@@ -76,15 +74,11 @@ func (a *Artifact) layerIDs() ([]fileID, error) {
 	return ids, nil
 }
 
-// private reports whether name, inside the artifact, is owned by this
-// user or root, not writable by group or others, and not a symbolic link.
-func (a *Artifact) private(name string) bool {
+// privateName reports whether name, inside the artifact, is private (see
+// private) and not a symbolic link.
+func (a *Artifact) privateName(name string) bool {
 	st, err := a.root.Lstat(name)
-	if err != nil || st.Mode().Perm()&0o022 != 0 || st.Mode()&os.ModeSymlink != 0 {
-		return false
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	return ok && (sys.Uid == 0 || sys.Uid == uint32(os.Geteuid()))
+	return err == nil && st.Mode()&os.ModeSymlink == 0 && private(st) == nil
 }
 
 // VerifyCached is Verify, skipped when the artifact's stamp shows this
@@ -105,7 +99,7 @@ func (a *Artifact) VerifyCached() (hashed bool, err error) {
 
 func (a *Artifact) stampValid() bool {
 	for _, p := range []string{".", "blobs", "blobs/sha256", StampFile} {
-		if !a.private(p) {
+		if !a.privateName(p) {
 			return false
 		}
 	}
@@ -130,7 +124,7 @@ func (a *Artifact) stampValid() bool {
 }
 
 func (a *Artifact) writeStamp() error {
-	if !a.private(".") {
+	if !a.privateName(".") {
 		return errors.New("the artifact directory is not private")
 	}
 	ids, err := a.layerIDs()

@@ -10,8 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
@@ -209,27 +207,15 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 	// layers keep the chunks' order.
 	descs := make([]ocispec.Descriptor, len(jobs))
 	errs := make([]error, len(jobs))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
-		wg.Go(func() {
-			for i := range next {
-				j := &jobs[i]
-				if errs[i] = ctx.Err(); errs[i] != nil {
-					continue
-				}
-				if j.c.Pages = scanChunk(j.data); j.c.Pages == 0 {
-					continue
-				}
-				descs[i], errs[i] = w.putChunk(j.c, j.data)
-			}
-		})
-	}
-	for i := range jobs {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	parallel(len(jobs), func(i int) {
+		j := &jobs[i]
+		if errs[i] = ctx.Err(); errs[i] != nil {
+			return
+		}
+		if j.c.Pages = scanChunk(j.data); j.c.Pages != 0 {
+			descs[i], errs[i] = w.putChunk(j.c, j.data)
+		}
+	})
 	for i, j := range jobs {
 		if errs[i] != nil {
 			return nil, fmt.Errorf("memory chunk at %#x: %w", j.c.GPA, errs[i])
