@@ -176,14 +176,7 @@ func (c *Cache) refs() map[digest.Digest][]string {
 func (c *Cache) Prune(max int64) ([]string, int64, error) { return c.prune(max, "") }
 
 func (c *Cache) prune(max int64, keep digest.Digest) ([]string, int64, error) {
-	ents, _ := os.ReadDir(filepath.Join(c.Dir, "artifacts"))
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
-			if prefix, _, ok := strings.Cut(e.Name(), ".partial-"); ok {
-				fsutil.RemoveStale(filepath.Join(c.Dir, "artifacts"), prefix+".partial-")
-			}
-		}
-	}
+	fsutil.RemoveStale(filepath.Join(c.Dir, "artifacts"), partialPrefix)
 	list, err := c.List()
 	if err != nil {
 		return nil, 0, err

@@ -236,12 +236,15 @@ func pullInto(ctx context.Context, repo *remote.Repository, desc ocispec.Descrip
 	return c.stats(), nil
 }
 
-// partialDir makes the hidden directory a pull to dst fills, after
-// removing those of pulls that were killed.
+// partialPrefix names the hidden directories pulls fill. fsutil puts the
+// puller's PID after it, so that stale ones can be told apart and removed.
+const partialPrefix = ".partial-"
+
+// partialDir makes the hidden directory a pull to dst fills, beside it,
+// after removing those of pulls that were killed.
 func partialDir(dst string) (string, error) {
-	prefix := "." + filepath.Base(dst) + ".partial-"
-	fsutil.RemoveStale(filepath.Dir(dst), prefix)
-	return fsutil.OwnedDir(filepath.Dir(dst), prefix)
+	fsutil.RemoveStale(filepath.Dir(dst), partialPrefix)
+	return fsutil.OwnedDir(filepath.Dir(dst), partialPrefix)
 }
 
 // IsNotFound reports whether err says the registry has no such manifest
