@@ -56,15 +56,10 @@ func Verify() *cli.Command {
 				return err
 			}
 			defer a.Close()
-			fmt.Printf("%s: OK, signed by %s, %d MiB checked in %v\n", a, snapshots.KeyID(mustKey(c)), a.Size()>>20, time.Since(start).Round(time.Millisecond))
+			fmt.Printf("%s: OK, signed by %s, %d MiB checked in %v\n", a, a.KeyID(), a.Size()>>20, time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
-}
-
-func mustKey(c *cli.Context) []byte {
-	pub, _ := snapshots.LoadPublicKey(c.String("key"))
-	return pub
 }
 
 // Inspect returns the inspect command.
@@ -92,7 +87,7 @@ func Inspect() *cli.Command {
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(w, "artifact\t%s\n", a.Path())
 			fmt.Fprintf(w, "manifest\t%s\n", a.Digest())
-			fmt.Fprintf(w, "signed by\t%s\n", snapshots.KeyID(mustKey(c)))
+			fmt.Fprintf(w, "signed by\t%s\n", a.KeyID())
 			fmt.Fprintf(w, "created\t%s by bunkerbuild %s\n", cfg.Created.Format(time.RFC3339), cfg.BuilderVersion)
 			fmt.Fprintf(w, "profiles\tbooted on %s, resumes on %s\n", cfg.BootProfile, cfg.ResumeProfile)
 			fmt.Fprintf(w, "inventory\t%s\n", cfg.InventoryDigest)
