@@ -28,11 +28,7 @@ import (
 // buildRecipe writes a recipe for the default guest, with a counter
 // running in it, into dir, and a key pair; it returns the recipe's path
 // and the artifact path it names.
-func buildRecipe(t *testing.T, dir string) (recipeFile, artifact string) {
-	return buildRecipeTB(t, dir)
-}
-
-func buildRecipeTB(t testing.TB, dir string) (recipeFile, artifact string) {
+func buildRecipe(t testing.TB, dir string) (recipeFile, artifact string) {
 	t.Helper()
 	if _, err := snapshots.GenerateKey(filepath.Join(dir, "key"), filepath.Join(dir, "key.pub")); err != nil {
 		t.Fatal(err)
@@ -222,7 +218,7 @@ func checkRefused(t *testing.T, ctx context.Context, dir, artifact, pubFile stri
 		t.Fatal(err)
 	}
 	layers := func(path string) []string {
-		a, err := snapshots.Open(path, mustLoadPub(t, pubFile))
+		a, err := snapshots.Open(path, mustPub(t, pubFile))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +284,9 @@ func checkRefused(t *testing.T, ctx context.Context, dir, artifact, pubFile stri
 	}
 }
 
-func mustLoadPub(t *testing.T, path string) []byte {
+// mustPub loads a public key file.
+func mustPub(t testing.TB, path string) []byte {
+	t.Helper()
 	pub, err := snapshots.LoadPublicKey(path)
 	if err != nil {
 		t.Fatal(err)

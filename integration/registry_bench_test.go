@@ -39,7 +39,7 @@ func BenchmarkRegistry(b *testing.B) {
 			if err := os.Mkdir(d, 0o755); err != nil {
 				b.Fatal(err)
 			}
-			rec, art := buildRecipeTB(b, d)
+			rec, art := buildRecipe(b, d)
 			if _, progress, status, err := bunkerbuild(ctx, "build", rec); err != nil || status != 0 {
 				b.Fatalf("build: %d %v\n%s", status, err, progress)
 			}
@@ -55,7 +55,7 @@ func BenchmarkRegistry(b *testing.B) {
 			rows = append(rows, row{fmt.Sprintf("push build %d (run %d)", j+1, i+1), time.Since(start), st.BytesMoved, st.Bytes})
 		}
 		for j := range arts {
-			pub := mustPub(filepath.Join(filepath.Dir(arts[j]), "key.pub"))
+			pub := mustPub(b, filepath.Join(filepath.Dir(arts[j]), "key.pub"))
 			start := time.Now()
 			_, st, err := registry.Pull(ctx, fmt.Sprintf("%s/guests/default:build%d", reg.Addr, j), filepath.Join(dir, fmt.Sprintf("pulled%d", j)), pub, o)
 			if err != nil {

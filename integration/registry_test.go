@@ -69,7 +69,7 @@ func TestRegistryResume(t *testing.T) {
 	reg.Restart()
 
 	// A changed blob in the registry: pull and resume refuse it.
-	a, err := snapshots.Open(artifact, mustPub(pub))
+	a, err := snapshots.Open(artifact, mustPub(t, pub))
 	if err != nil {
 		t.Fatal(err)
 	}

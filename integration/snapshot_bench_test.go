@@ -134,7 +134,7 @@ func snapshotOurs(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	sign, _ := time.ParseDuration(m[3])
 	s.capture += sign // capture, as QEMU's: until the snapshot is written (ours also signed)
 	artifact := filepath.Join(dir, "guest.snap")
-	a, err := snapshots.Open(artifact, mustPub(filepath.Join(dir, "key.pub")))
+	a, err := snapshots.Open(artifact, mustPub(b, filepath.Join(dir, "key.pub")))
 	if err != nil {
 		return snapSample{}, err
 	}
@@ -147,14 +147,6 @@ func snapshotOurs(ctx context.Context, b *testing.B, memMiB, cpus int) (snapSamp
 	note("ours: resuming")
 	err = resumeAll(ctx, argv, &s)
 	return s, err
-}
-
-func mustPub(path string) []byte {
-	pub, err := snapshots.LoadPublicKey(path)
-	if err != nil {
-		panic(err)
-	}
-	return pub
 }
 
 // resumeAll measures a first resume of a snapshot, a second one, and
