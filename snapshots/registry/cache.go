@@ -13,6 +13,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 )
@@ -66,10 +67,14 @@ func (c *Cache) Fetch(ctx context.Context, ref string, pub []byte, o Options) (*
 		}
 	}
 	f := &Fetched{}
-	if d, err := r.Digest(); err == nil {
+	var desc ocispec.Descriptor // the manifest, once resolved at the registry
+	d, derr := r.Digest()
+	byTag := derr != nil
+	if !byTag {
 		f.Digest = d
 	} else {
-		desc, err := repo.Resolve(ctx, r.Reference)
+		var err error
+		desc, err = repo.Resolve(ctx, r.Reference)
 		switch {
 		case err == nil:
 			f.Digest = desc.Digest
@@ -94,15 +99,16 @@ func (c *Cache) Fetch(ctx context.Context, ref string, pub []byte, o Options) (*
 	} else if f.Offline {
 		return nil, fmt.Errorf("resolve %s: %w (the cache lacks %s, its last digest)", ref, f.NetErr, f.Digest)
 	} else {
-		desc, err := repo.Resolve(ctx, f.Digest.String())
-		if err != nil {
-			return nil, fmt.Errorf("resolve %s: %w", f.Digest, err)
+		if desc.Digest == "" {
+			if desc, err = repo.Resolve(ctx, f.Digest.String()); err != nil {
+				return nil, fmt.Errorf("resolve %s: %w", f.Digest, err)
+			}
 		}
 		if f.Stats, err = pullInto(ctx, repo, desc, f.Dir, pub, o); err != nil {
 			return nil, fmt.Errorf("pull %s: %w", ref, err)
 		}
 	}
-	if _, err := r.Digest(); err != nil && !f.Offline {
+	if byTag && !f.Offline {
 		if err := fsutil.WriteBytes(c.refFile(ref), 0o644, []byte(f.Digest.String()+"\n")); err != nil {
 			return nil, err
 		}
