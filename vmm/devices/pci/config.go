@@ -83,13 +83,6 @@ type Capability struct {
 	Writable []byte
 }
 
-// Function is one function's configuration space, as the host bridge
-// reaches it. off is naturally aligned for len(data), which is 1, 2 or 4.
-type Function interface {
-	ReadConfig(off uint8, data []byte)
-	WriteConfig(off uint8, data []byte)
-}
-
 // Endpoint is a type-0 function. Guest writes are masked bit by bit;
 // status bits are write-one-to-clear.
 type Endpoint struct {
@@ -261,6 +254,70 @@ func (e *Endpoint) barAddrs() [6]uint64 {
 		}
 	}
 	return a
+}
+
+type barSpan struct{ addr, size uint64 }
+
+// memoryBARs returns the address and size of each memory BAR (zero for
+// I/O BARs, unused slots and upper halves).
+func (e *Endpoint) memoryBARs() [6]barSpan {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out [6]barSpan
+	addrs := e.barAddrs()
+	for i, b := range e.bars {
+		if b.Size != 0 && !b.IO {
+			out[i] = barSpan{addrs[i], b.Size}
+		}
+	}
+	return out
+}
+
+// place sets memory BAR i to addr and turns memory decoding on.
+func (e *Endpoint) place(i int, addr uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if i < 0 || i >= len(e.bars) || e.bars[i].Size == 0 || e.bars[i].IO {
+		return fmt.Errorf("BAR %d is not a memory BAR", i)
+	}
+	b := e.bars[i]
+	if addr%b.Size != 0 || !b.Is64 && addr+b.Size > 1<<32 {
+		return fmt.Errorf("BAR %d of %#x bytes cannot sit at %#x", i, b.Size, addr)
+	}
+	le := binary.LittleEndian
+	off := OffBAR0 + 4*i
+	le.PutUint32(e.cfg[off:], le.Uint32(e.cfg[off:])&0xf|uint32(addr))
+	if b.Is64 {
+		le.PutUint32(e.cfg[off+4:], uint32(addr>>32))
+	}
+	le.PutUint16(e.cfg[OffCommand:], e.command()|CommandMemory)
+	return nil
+}
+
+// Config returns a copy of the configuration space, for a snapshot.
+func (e *Endpoint) Config() []byte {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]byte(nil), e.cfg[:]...)
+}
+
+// SetConfig restores configuration space saved by Config. Only bits the
+// guest may write may differ from this endpoint's: a saved space from a
+// different device (identity, BAR types, capability layout) is refused.
+// The host's Window must be told (Host.Remap) afterwards.
+func (e *Endpoint) SetConfig(saved []byte) error {
+	if len(saved) != ConfigSize {
+		return fmt.Errorf("pci: saved configuration space is %d bytes, want %d", len(saved), ConfigSize)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, v := range saved {
+		if (v^e.cfg[i])&^e.wmask[i] != 0 {
+			return fmt.Errorf("pci: saved configuration space differs from this device's at read-only byte %#x (%#02x, want %#02x under mask %#02x)", i, v, e.cfg[i], ^e.wmask[i])
+		}
+	}
+	copy(e.cfg[:], saved)
+	return nil
 }
 
 // BARAddress returns BAR i's current address.

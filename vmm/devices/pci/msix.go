@@ -185,3 +185,40 @@ func (m *MSIX) deliver(v int) {
 		m.errs(fmt.Errorf("pci: MSI-X vector %d: %w", v, err))
 	}
 }
+
+// MSIXState is the table and pending bits, for a snapshot.
+type MSIXState struct {
+	Table   []byte   `json:"table"`
+	Pending []uint64 `json:"pending"`
+}
+
+// State returns a copy of the table and pending bits.
+func (m *MSIX) State() MSIXState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return MSIXState{Table: append([]byte(nil), m.table...), Pending: append([]uint64(nil), m.pending...)}
+}
+
+// SetState restores a saved table and pending bits: the vector count
+// must match, and reserved vector-control bits must be clear.
+func (m *MSIX) SetState(s MSIXState) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(s.Table) != len(m.table) || len(s.Pending) != len(m.pending) {
+		return fmt.Errorf("pci: saved MSI-X table of %d bytes and %d pending words, want %d and %d", len(s.Table), len(s.Pending), len(m.table), len(m.pending))
+	}
+	n := len(m.table) / msixEntrySize
+	for v := range n {
+		if binary.LittleEndian.Uint32(s.Table[v*msixEntrySize+12:])&^msixVectorMask != 0 {
+			return fmt.Errorf("pci: saved MSI-X vector %d has reserved control bits set", v)
+		}
+	}
+	for i, w := range s.Pending {
+		if (i+1)*64 > n && w>>(n-i*64) != 0 {
+			return fmt.Errorf("pci: saved MSI-X pending bits name vectors past %d", n-1)
+		}
+	}
+	copy(m.table, s.Table)
+	copy(m.pending, s.Pending)
+	return nil
+}

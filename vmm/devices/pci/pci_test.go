@@ -31,10 +31,10 @@ func newRig(t testing.TB) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{h: NewHost(), e: e, bars: map[int]uint64{}}
+	r := &rig{h: NewHost(testWindowBase, testWindowSize, func(err error) { t.Log(err) }), e: e, bars: map[int]uint64{}}
 	e.OnBAR = func(i int, a uint64) { r.bars[i] = a }
 	e.OnCommand = func(c uint16) { r.cmds = append(r.cmds, c) }
-	if err := r.h.Attach(3, e); err != nil {
+	if err := r.h.Attach(3, e, nil); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -103,7 +103,7 @@ func TestConfigMechanism(t *testing.T) {
 	if one[0] != 0xff {
 		t.Errorf("byte read of the address register: %#x", one[0])
 	}
-	if err := r.h.Attach(3, r.e); err == nil {
+	if err := r.h.Attach(3, r.e, nil); err == nil {
 		t.Error("a slot was attached twice")
 	}
 }
