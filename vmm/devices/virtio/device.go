@@ -104,3 +104,24 @@ func (s *Status) NeedsReset(why error) error {
 	s.status |= StatusNeedsReset
 	return fmt.Errorf("virtio device needs a reset: %w", why)
 }
+
+// Restore sets the status and accepted features of a restored device.
+// The features must be ones this device offers, and a status past
+// FEATURES_OK must have accepted VERSION_1, as Set would have required.
+func (s *Status) Restore(status uint8, accepted uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	const known = StatusAcknowledge | StatusDriver | StatusDriverOK | StatusFeaturesOK | StatusNeedsReset | StatusFailed
+	switch {
+	case status&^known != 0:
+		return fmt.Errorf("virtio: saved status %#x has undefined bits", status)
+	case accepted&^s.offered != 0:
+		return fmt.Errorf("virtio: the guest accepted features %#x that this device does not offer (it offers %#x)", accepted&^s.offered, s.offered)
+	case status&StatusFeaturesOK != 0 && accepted&FeatureVersion1 == 0:
+		return fmt.Errorf("virtio: saved status %#x without VERSION_1", status)
+	case status&StatusDriverOK != 0 && status&StatusFeaturesOK == 0:
+		return fmt.Errorf("virtio: saved status %#x has DRIVER_OK without FEATURES_OK", status)
+	}
+	s.status, s.accepted = status, accepted
+	return nil
+}

@@ -2,6 +2,8 @@ package virtio
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -74,6 +76,37 @@ const (
 // noVector is VIRTIO_MSI_NO_VECTOR.
 const noVector = 0xffff
 
+// Worker is a Backend that also works outside Notify, from goroutines
+// of its own: the receive side of a tap, console input. Start is called
+// when the driver sets DRIVER_OK (or a live device is restored), with the
+// negotiated features; Stop when the device resets or closes, and it
+// returns only once the backend's goroutines no longer use t.
+type Worker interface {
+	Start(features uint64, t Transport)
+	Stop()
+}
+
+// Transport is what a Worker's goroutines use to reach the device.
+type Transport interface {
+	// Do runs f with the device's queues, serialised with Notify and
+	// never while the machine is paused for a snapshot; used buffers f
+	// returned are signalled after it. It returns ErrStopped, without
+	// running f, once the device has reset. An error from f puts the
+	// device into its needs-reset state.
+	Do(f func(queues []*Queue) error) error
+	// ConfigChanged tells the driver the device configuration changed.
+	ConfigChanged()
+}
+
+// ErrStopped is Do's answer once the device has reset or closed.
+var ErrStopped = errors.New("virtio: device stopped")
+
+// Stateful is a Backend with state of its own in a snapshot.
+type Stateful interface {
+	SaveState() (json.RawMessage, error)
+	RestoreState(json.RawMessage) error
+}
+
 // PCIDevice is a virtio device on the modern (1.x) PCI transport, with
 // MSI-X interrupts: one vector for configuration changes and one per
 // queue.
@@ -81,18 +114,27 @@ type PCIDevice struct {
 	Endpoint *pci.Endpoint
 	MSIX     *pci.MSIX
 
-	mu      sync.Mutex
-	backend Backend
-	mem     Memory
-	status  *Status
-	log     func(error)
+	// mu guards the transport registers.
+	mu         sync.Mutex
+	backend    Backend
+	mem        Memory
+	status     *Status
+	log        func(error)
+	generation uint8
 
 	featureSel, driverSel uint32
 	queueSel              uint16
 	configVector          uint16
 	isr                   uint8
-	queues                []*Queue
 	qcfg                  []queueConfig
+
+	// work serialises the backend's use of the queues: Notify on vCPU
+	// threads, a Worker's goroutines, and snapshots.
+	work    sync.Mutex
+	workCh  *sync.Cond // signalled when paused or running change
+	queues  []*Queue
+	running bool // live: DRIVER_OK set, no reset since
+	paused  bool
 }
 
 type queueConfig struct {
@@ -110,6 +152,7 @@ func NewPCIDevice(backend Backend, mem Memory, sink pci.MSISink, log func(error)
 		return nil, fmt.Errorf("virtio: %d queues, want 1 to 64", len(sizes))
 	}
 	d := &PCIDevice{backend: backend, mem: mem, status: NewStatus(backend.Features()), log: log}
+	d.workCh = sync.NewCond(&d.work)
 	vectors := len(sizes) + 1
 	caps := []pci.Capability{
 		pci.MSIXCapability(vectors, 0, msixTableOff, 0, msixPBAOff),
@@ -119,7 +162,7 @@ func NewPCIDevice(backend Backend, mem Memory, sink pci.MSISink, log func(error)
 		virtioCap(capDevice, deviceOff, deviceLen, nil),
 	}
 	ep, err := pci.NewEndpoint(pci.Header{Vendor: vendorVirtio, Device: deviceBase + backend.Type(), Revision: 1,
-		Class: 0xff0000, SubsystemVendor: vendorVirtio, Subsystem: deviceBase + backend.Type()},
+		Class: classFor(backend.Type()), SubsystemVendor: vendorVirtio, Subsystem: deviceBase + backend.Type()},
 		[6]pci.BAR{{Size: BARSize, Is64: true}}, caps)
 	if err != nil {
 		return nil, err
@@ -135,9 +178,32 @@ func NewPCIDevice(backend Backend, mem Memory, sink pci.MSISink, log func(error)
 		return nil, err
 	}
 	ep.OnWrite = func(uint8, int) { d.MSIX.Update() }
-	d.reset()
+	d.resetRegisters()
 	return d, nil
 }
+
+// classFor returns the PCI class code virtio 1.x devices conventionally
+// carry, so that an OS without a virtio driver can still tell what the
+// device is: storage, network, communication, or "other".
+func classFor(typ uint16) uint32 {
+	switch typ {
+	case TypeNet:
+		return 0x020000
+	case TypeBlock:
+		return 0x010000
+	case TypeConsole:
+		return 0x078000
+	}
+	return 0xff0000
+}
+
+// Virtio device IDs.
+const (
+	TypeNet     = 1
+	TypeBlock   = 2
+	TypeConsole = 3
+	TypeEntropy = 4
+)
 
 // virtioCap is a struct virtio_pci_cap (after ID and next) for BAR 0.
 func virtioCap(cfgType uint8, off, length uint32, extra []byte) pci.Capability {
@@ -150,19 +216,57 @@ func virtioCap(cfgType uint8, off, length uint32, extra []byte) pci.Capability {
 	return pci.Capability{ID: pci.CapVendor, Body: append(body, extra...)}
 }
 
-func (d *PCIDevice) reset() {
+// resetRegisters returns the transport registers to their reset values.
+// Call with mu held (or before the device is shared).
+func (d *PCIDevice) resetRegisters() {
 	sizes := d.backend.QueueSizes()
-	d.queues = make([]*Queue, len(sizes))
 	d.qcfg = make([]queueConfig, len(sizes))
 	for i, s := range sizes {
 		d.qcfg[i] = queueConfig{size: s, vector: noVector}
 	}
 	d.featureSel, d.driverSel, d.queueSel, d.configVector, d.isr = 0, 0, 0, noVector, 0
+}
+
+// stop ends the backend's work: Do returns ErrStopped from now on, and a
+// Worker's goroutines are stopped. Call without mu held.
+func (d *PCIDevice) stop() {
+	d.work.Lock()
+	was := d.running
+	d.running = false
+	d.queues = make([]*Queue, len(d.qcfg))
+	d.workCh.Broadcast()
+	d.work.Unlock()
+	if w, ok := d.backend.(Worker); ok && was {
+		w.Stop()
+	}
+	d.work.Lock()
 	d.backend.Reset()
+	d.work.Unlock()
+}
+
+// start makes the device live with the queues the driver enabled.
+func (d *PCIDevice) start(queues []*Queue, features uint64) {
+	d.work.Lock()
+	d.queues = queues
+	d.running = true
+	d.work.Unlock()
+	if w, ok := d.backend.(Worker); ok {
+		w.Start(features, d)
+	}
+}
+
+// Close stops the backend's goroutines.
+func (d *PCIDevice) Close() error {
+	d.stop()
+	return nil
 }
 
 // ReadBAR and WriteBAR serve BAR 0, at offset off from its base.
-func (d *PCIDevice) ReadBAR(off uint64, data []byte) {
+func (d *PCIDevice) ReadBAR(bar int, off uint64, data []byte) {
+	if bar != 0 {
+		fillOnes(data)
+		return
+	}
 	switch {
 	case off >= msixTableOff && off < msixPBAOff:
 		d.MSIX.ReadTable(off-msixTableOff, data)
@@ -182,13 +286,23 @@ func (d *PCIDevice) ReadBAR(off uint64, data []byte) {
 	case off == isrOff && len(data) == 1:
 		data[0], d.isr = d.isr, 0 // reading clears it
 	case off >= deviceOff && off < deviceOff+deviceLen:
+		d.work.Lock()
 		d.backend.ReadConfig(off-deviceOff, data)
+		d.work.Unlock()
+	}
+}
+
+func fillOnes(data []byte) {
+	for i := range data {
+		data[i] = 0xff
 	}
 }
 
 // WriteBAR writes BAR 0.
-func (d *PCIDevice) WriteBAR(off uint64, data []byte) {
+func (d *PCIDevice) WriteBAR(bar int, off uint64, data []byte) {
 	switch {
+	case bar != 0:
+		return
 	case off >= msixTableOff && off < msixPBAOff:
 		d.MSIX.WriteTable(off-msixTableOff, data)
 		return
@@ -197,38 +311,112 @@ func (d *PCIDevice) WriteBAR(off uint64, data []byte) {
 	}
 	d.mu.Lock()
 	var kick = -1
+	var act action
 	var err error
 	switch {
 	case off < commonOff+commonLen:
-		err = d.writeCommon(off, data)
+		act, err = d.writeCommon(off, data)
 	case off >= deviceOff && off < deviceOff+deviceLen:
+		d.work.Lock()
 		d.backend.WriteConfig(off-deviceOff, data)
-	case off >= notifyOff && off < notifyOff+uint64(notifyMultiplier*len(d.queues)):
+		d.work.Unlock()
+	case off >= notifyOff && off < notifyOff+uint64(notifyMultiplier*len(d.qcfg)):
 		kick = int((off - notifyOff) / notifyMultiplier)
 	}
 	d.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		d.fail(err)
+	case act.reset:
+		d.stop()
+	case act.start != nil:
+		d.start(act.start, d.status.Accepted())
+	case act.add != nil:
+		d.work.Lock()
+		if d.running {
+			d.queues[act.index] = act.add
+		}
+		d.work.Unlock()
 	}
 	if kick >= 0 {
 		d.notify(kick)
 	}
 }
 
+// action is what a common-configuration write asks of the backend, done
+// after the transport lock is released.
+type action struct {
+	reset bool
+	start []*Queue // DRIVER_OK: go live with these queues
+	add   *Queue   // a queue enabled on a live device
+	index int      // add's index
+}
+
 // notify runs the backend for queue q and interrupts the driver.
 func (d *PCIDevice) notify(q int) {
-	d.mu.Lock()
-	live, enabled := d.status.Live(), d.qcfg[q].enabled
-	queues := d.queues
-	d.mu.Unlock()
-	if !live || !enabled {
-		return
+	// Do reports a broken queue itself; a stopped device ignores kicks.
+	_ = d.Do(func(queues []*Queue) error {
+		if queues[q] == nil {
+			return nil // not enabled: nothing to do
+		}
+		return d.backend.Notify(q, queues)
+	})
+}
+
+// Do implements Transport.
+func (d *PCIDevice) Do(f func(queues []*Queue) error) error {
+	d.work.Lock()
+	for d.paused && d.running {
+		d.workCh.Wait()
 	}
-	if err := d.backend.Notify(q, queues); err != nil {
+	if !d.running || !d.status.Live() {
+		d.work.Unlock()
+		return ErrStopped
+	}
+	err := f(d.queues)
+	var signal []int
+	for i, q := range d.queues {
+		if q != nil && q.TakeInterrupt() {
+			signal = append(signal, i)
+		}
+	}
+	d.work.Unlock()
+	for _, i := range signal {
+		d.Interrupt(i)
+	}
+	if err != nil {
 		d.fail(err)
-		return
 	}
-	d.Interrupt(q)
+	return err
+}
+
+// ConfigChanged implements Transport.
+func (d *PCIDevice) ConfigChanged() {
+	d.mu.Lock()
+	d.generation++
+	d.isr |= 2
+	v := d.configVector
+	d.mu.Unlock()
+	if v != noVector {
+		d.MSIX.Notify(int(v))
+	}
+}
+
+// Pause waits for the backend's work in progress and holds further work
+// until Resume, so that the queues and guest memory stay still while the
+// machine is captured.
+func (d *PCIDevice) Pause() {
+	d.work.Lock()
+	d.paused = true
+	d.work.Unlock()
+}
+
+// Resume lets paused work go on.
+func (d *PCIDevice) Resume() {
+	d.work.Lock()
+	d.paused = false
+	d.workCh.Broadcast()
+	d.work.Unlock()
 }
 
 // Interrupt signals used buffers on queue q.
@@ -278,6 +466,7 @@ func (d *PCIDevice) readCommon(off uint64, data []byte) {
 	le.PutUint16(b[ccConfigMSIXVector:], d.configVector)
 	le.PutUint16(b[ccNumQueues:], uint16(len(d.qcfg)))
 	b[ccDeviceStatus] = d.status.Get()
+	b[ccConfigGeneration] = d.generation
 	le.PutUint16(b[ccQueueSelect:], d.queueSel)
 	if q := d.selected(); q != nil {
 		le.PutUint16(b[ccQueueSize:], q.size)
@@ -297,9 +486,9 @@ func (d *PCIDevice) readCommon(off uint64, data []byte) {
 
 // writeCommon applies a driver write to the common configuration; an
 // error is a queue the driver set up wrongly.
-func (d *PCIDevice) writeCommon(off uint64, data []byte) error {
+func (d *PCIDevice) writeCommon(off uint64, data []byte) (action, error) {
 	if off+uint64(len(data)) > commonLen {
-		return nil
+		return action{}, nil
 	}
 	var v uint64
 	for i := len(data) - 1; i >= 0; i-- {
@@ -318,8 +507,13 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) error {
 	case off == ccConfigMSIXVector && len(data) == 2:
 		d.configVector = vectorOrNone(v, vectors)
 	case off == ccDeviceStatus && len(data) == 1:
+		wasLive := d.status.Live()
 		if d.status.Set(uint8(v)) {
-			d.reset()
+			d.resetRegisters()
+			return action{reset: true}, nil
+		}
+		if !wasLive && d.status.Live() {
+			return action{start: d.enabledQueues()}, nil
 		}
 	case off == ccQueueSelect && len(data) == 2:
 		d.queueSel = uint16(v)
@@ -334,9 +528,12 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) error {
 	case off == ccQueueEnable && len(data) == 2 && v == 1:
 		queue := &Queue{Size: q.size, Desc: q.desc, Avail: q.driver, Used: q.device}
 		if err := queue.Enable(d.mem); err != nil {
-			return fmt.Errorf("queue %d: %w", d.queueSel, err)
+			return action{}, fmt.Errorf("queue %d: %w", d.queueSel, err)
 		}
-		d.queues[d.queueSel], q.enabled = queue, true
+		q.enabled = true
+		if d.status.Live() {
+			return action{add: queue, index: int(d.queueSel)}, nil
+		}
 	case (off == ccQueueDesc || off == ccQueueDesc+4) && len(data) == 4:
 		q.desc = setHalf(q.desc, off-ccQueueDesc, v)
 	case (off == ccQueueDriver || off == ccQueueDriver+4) && len(data) == 4:
@@ -344,7 +541,22 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) error {
 	case (off == ccQueueDevice || off == ccQueueDevice+4) && len(data) == 4:
 		q.device = setHalf(q.device, off-ccQueueDevice, v)
 	}
-	return nil
+	return action{}, nil
+}
+
+// enabledQueues maps the queues the driver enabled; they were checked
+// when enabled, and guest memory does not shrink.
+func (d *PCIDevice) enabledQueues() []*Queue {
+	qs := make([]*Queue, len(d.qcfg))
+	for i, c := range d.qcfg {
+		if c.enabled {
+			q := &Queue{Size: c.size, Desc: c.desc, Avail: c.driver, Used: c.device}
+			if q.Enable(d.mem) == nil {
+				qs[i] = q
+			}
+		}
+	}
+	return qs
 }
 
 // vectorOrNone accepts an MSI-X vector the table has, or NO_VECTOR.
@@ -360,4 +572,136 @@ func setHalf(x, half, v uint64) uint64 {
 		return x&^0xffffffff | v
 	}
 	return x&0xffffffff | v<<32
+}
+
+// State is a PCIDevice's snapshot: its configuration space, MSI-X table,
+// transport registers, queues and backend.
+type State struct {
+	Type          uint16          `json:"type"`
+	Config        []byte          `json:"pci_config"`
+	MSIX          pci.MSIXState   `json:"msix"`
+	Status        uint8           `json:"status"`
+	Features      uint64          `json:"features"` // accepted by the driver
+	FeatureSelect uint32          `json:"feature_select"`
+	DriverSelect  uint32          `json:"driver_feature_select"`
+	QueueSelect   uint16          `json:"queue_select"`
+	ConfigVector  uint16          `json:"config_vector"`
+	ISR           uint8           `json:"isr"`
+	Generation    uint8           `json:"generation"`
+	Queues        []QueueState    `json:"queues"`
+	Backend       json.RawMessage `json:"backend,omitempty"`
+}
+
+// QueueState is one queue's configuration and the device's indices.
+type QueueState struct {
+	Size      uint16 `json:"size"`
+	Vector    uint16 `json:"vector"`
+	Enabled   bool   `json:"enabled"`
+	Desc      uint64 `json:"desc"`
+	Driver    uint64 `json:"driver"`
+	Device    uint64 `json:"device"`
+	LastAvail uint16 `json:"last_avail"`
+	UsedIdx   uint16 `json:"used_idx"`
+}
+
+// State saves the device. Pause it first: the backend is idle then.
+func (d *PCIDevice) State() (*State, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.work.Lock()
+	defer d.work.Unlock()
+	st := &State{
+		Type: d.backend.Type(), Config: d.Endpoint.Config(), MSIX: d.MSIX.State(),
+		Status: d.status.Get(), Features: d.status.Accepted(),
+		FeatureSelect: d.featureSel, DriverSelect: d.driverSel, QueueSelect: d.queueSel,
+		ConfigVector: d.configVector, ISR: d.isr, Generation: d.generation,
+	}
+	for i, c := range d.qcfg {
+		qs := QueueState{Size: c.size, Vector: c.vector, Enabled: c.enabled, Desc: c.desc, Driver: c.driver, Device: c.device}
+		if i < len(d.queues) && d.queues[i] != nil {
+			qs.LastAvail, qs.UsedIdx = d.queues[i].Indices()
+		}
+		st.Queues = append(st.Queues, qs)
+	}
+	if s, ok := d.backend.(Stateful); ok {
+		b, err := s.SaveState()
+		if err != nil {
+			return nil, fmt.Errorf("virtio device type %d: %w", d.backend.Type(), err)
+		}
+		st.Backend = b
+	}
+	return st, nil
+}
+
+// SetState restores a device saved by State into this fresh one, after
+// guest memory is restored. Everything is checked as a driver's writes
+// would be: the device type, configuration space and queue count must be
+// this device's, the features ones it offers, the queues inside guest
+// memory. A live device is restored paused: call Resume, then Kick, once
+// the vCPUs are restored.
+func (d *PCIDevice) SetState(st *State) error {
+	if st.Type != d.backend.Type() {
+		return fmt.Errorf("virtio: saved device type %d, this is %d", st.Type, d.backend.Type())
+	}
+	if len(st.Queues) != len(d.qcfg) {
+		return fmt.Errorf("virtio: saved device has %d queues, this one %d", len(st.Queues), len(d.qcfg))
+	}
+	if err := d.Endpoint.SetConfig(st.Config); err != nil {
+		return err
+	}
+	if err := d.MSIX.SetState(st.MSIX); err != nil {
+		return err
+	}
+	if err := d.status.Restore(st.Status, st.Features); err != nil {
+		return err
+	}
+	vectors := uint64(len(d.qcfg) + 1)
+	if st.ConfigVector != vectorOrNone(uint64(st.ConfigVector), vectors) {
+		return fmt.Errorf("virtio: saved configuration vector %d, the table has %d", st.ConfigVector, vectors)
+	}
+	sizes := d.backend.QueueSizes()
+	queues := make([]*Queue, len(sizes))
+	qcfg := make([]queueConfig, len(sizes))
+	for i, qs := range st.Queues {
+		if qs.Size == 0 || qs.Size > sizes[i] || qs.Size&(qs.Size-1) != 0 {
+			return fmt.Errorf("virtio: saved queue %d has size %d, this device allows powers of two up to %d", i, qs.Size, sizes[i])
+		}
+		if qs.Vector != vectorOrNone(uint64(qs.Vector), vectors) {
+			return fmt.Errorf("virtio: saved queue %d has vector %d, the table has %d", i, qs.Vector, vectors)
+		}
+		qcfg[i] = queueConfig{size: qs.Size, vector: qs.Vector, enabled: qs.Enabled, desc: qs.Desc, driver: qs.Driver, device: qs.Device}
+		if !qs.Enabled {
+			continue
+		}
+		q := &Queue{Size: qs.Size, Desc: qs.Desc, Avail: qs.Driver, Used: qs.Device}
+		if err := q.Restore(d.mem, qs.LastAvail, qs.UsedIdx); err != nil {
+			return fmt.Errorf("virtio: saved queue %d: %w", i, err)
+		}
+		queues[i] = q
+	}
+	if s, ok := d.backend.(Stateful); ok {
+		if err := s.RestoreState(st.Backend); err != nil {
+			return fmt.Errorf("virtio device type %d: %w", d.backend.Type(), err)
+		}
+	} else if len(st.Backend) != 0 {
+		return fmt.Errorf("virtio: saved state for a device type %d backend, which has none", d.backend.Type())
+	}
+	d.mu.Lock()
+	d.qcfg = qcfg
+	d.featureSel, d.driverSel, d.queueSel = st.FeatureSelect, st.DriverSelect, st.QueueSelect
+	d.configVector, d.isr, d.generation = st.ConfigVector, st.ISR, st.Generation
+	d.mu.Unlock()
+	if d.status.Live() {
+		d.Pause()
+		d.start(queues, st.Features)
+	}
+	return nil
+}
+
+// Kick processes what the driver made available while the machine was
+// being captured and restored, as if the driver had notified every queue.
+func (d *PCIDevice) Kick() {
+	for q := range d.qcfg {
+		d.notify(q)
+	}
 }

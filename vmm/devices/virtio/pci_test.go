@@ -52,12 +52,12 @@ func (dr *driver) w(off uint64, size int, v uint64) {
 	for i := range b {
 		b[i] = byte(v >> (8 * i))
 	}
-	dr.d.WriteBAR(off, b)
+	dr.d.WriteBAR(0, off, b)
 }
 
 func (dr *driver) r8(off uint64) uint8 {
 	b := []byte{0}
-	dr.d.ReadBAR(off, b)
+	dr.d.ReadBAR(0, off, b)
 	return b[0]
 }
 
@@ -75,9 +75,9 @@ func (dr *driver) setup(descAddr uint64) {
 	// MSI-X: enable it, and point vector 1 at the local APIC window.
 	capOff, _ := dr.d.Endpoint.Capability(pci.CapMSIX)
 	dr.d.Endpoint.WriteConfig(capOff+2, []byte{0, 0x80})
-	dr.d.WriteBAR(msixTableOff+16, binary.LittleEndian.AppendUint32(nil, 0xfee00000))
-	dr.d.WriteBAR(msixTableOff+24, binary.LittleEndian.AppendUint32(nil, 0x61))
-	dr.d.WriteBAR(msixTableOff+28, []byte{0, 0, 0, 0}) // unmask
+	dr.d.WriteBAR(0, msixTableOff+16, binary.LittleEndian.AppendUint32(nil, 0xfee00000))
+	dr.d.WriteBAR(0, msixTableOff+24, binary.LittleEndian.AppendUint32(nil, 0x61))
+	dr.d.WriteBAR(0, msixTableOff+28, []byte{0, 0, 0, 0}) // unmask
 	dr.w(dr.common(ccQueueSelect), 2, 0)
 	dr.w(dr.common(ccQueueSize), 2, 8)
 	dr.w(dr.common(ccQueueMSIXVector), 2, 1)
@@ -122,7 +122,7 @@ func TestTransport(t *testing.T) {
 	// A queue cannot be moved while enabled.
 	dr.w(dr.common(ccQueueDesc), 4, 0x8000)
 	b := make([]byte, 4)
-	dr.d.ReadBAR(dr.common(ccQueueDesc), b)
+	dr.d.ReadBAR(0, dr.common(ccQueueDesc), b)
 	if binary.LittleEndian.Uint32(b) != descAt {
 		t.Errorf("an enabled queue moved to %#x", b)
 	}
@@ -163,9 +163,9 @@ func FuzzTransport(f *testing.F) {
 				data = append(data, 0)
 			}
 			if ops[2]&4 != 0 {
-				dr.d.ReadBAR(off, data)
+				dr.d.ReadBAR(0, off, data)
 			} else {
-				dr.d.WriteBAR(off, data)
+				dr.d.WriteBAR(0, off, data)
 			}
 			ops = ops[8:]
 		}

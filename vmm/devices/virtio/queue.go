@@ -5,9 +5,6 @@
 // bounded and may not loop, and a bad chain is an error for the device to
 // turn into its needs-reset state, never a panic or an access outside
 // guest memory.
-//
-// It is groundwork for the virtio-over-PCI issue and is not wired into a
-// machine yet.
 package virtio
 
 import (
@@ -48,7 +45,12 @@ type Queue struct {
 	mem                Memory
 	desc, avail, used  []byte
 	lastAvail, usedIdx uint16
+	pushed             bool // chains returned since the last interrupt
 }
+
+// availNoInterrupt is VRING_AVAIL_F_NO_INTERRUPT: the driver asks not to
+// be interrupted for used buffers.
+const availNoInterrupt = 1
 
 // Buffer is one descriptor's guest memory.
 type Buffer struct {
@@ -88,6 +90,30 @@ func (q *Queue) Enable(mem Memory) error {
 	q.lastAvail = 0
 	q.usedIdx = binary.LittleEndian.Uint16(q.used[2:])
 	return nil
+}
+
+// Restore enables a queue saved by a snapshot: the rings are checked and
+// mapped as Enable does, and the device's indices are the saved ones.
+func (q *Queue) Restore(mem Memory, lastAvail, usedIdx uint16) error {
+	if err := q.Enable(mem); err != nil {
+		return err
+	}
+	q.lastAvail, q.usedIdx = lastAvail, usedIdx
+	return nil
+}
+
+// Indices returns the device's next available index and its used index,
+// for a snapshot.
+func (q *Queue) Indices() (lastAvail, usedIdx uint16) { return q.lastAvail, q.usedIdx }
+
+// TakeInterrupt reports whether the device returned chains since the
+// last call and the driver wants to hear of it.
+func (q *Queue) TakeInterrupt() bool {
+	if !q.pushed || q.avail == nil {
+		return false
+	}
+	q.pushed = false
+	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
 }
 
 // Pending reports whether the driver has made chains available that the
@@ -188,4 +214,5 @@ func (q *Queue) Push(c *Chain, written uint32) {
 	binary.LittleEndian.PutUint32(e[4:], written)
 	q.usedIdx++
 	binary.LittleEndian.PutUint16(q.used[2:], q.usedIdx)
+	q.pushed = true
 }

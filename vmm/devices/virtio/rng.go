@@ -16,7 +16,7 @@ type Entropy struct {
 }
 
 // Type is virtio's entropy-source device ID.
-func (Entropy) Type() uint16 { return 4 }
+func (Entropy) Type() uint16 { return TypeEntropy }
 
 // Features: virtio-rng defines none.
 func (Entropy) Features() uint64 { return 0 }
