@@ -25,6 +25,7 @@ const (
 	SpaceMSR                     // model-specific register range
 	SpacePV                      // paravirtual feature or hypercall
 	SpaceKernel                  // device emulated inside KVM
+	SpacePCI                     // PCI device slots on bus 0, reached through the PCI host's entries
 )
 
 func (s Space) String() string {
@@ -39,6 +40,8 @@ func (s Space) String() string {
 		return "pv"
 	case SpaceKernel:
 		return "kvm"
+	case SpacePCI:
+		return "pci"
 	}
 	return fmt.Sprintf("space(%d)", uint8(s))
 }
@@ -122,8 +125,8 @@ type ID string
 type Entry struct {
 	ID       ID       `json:"id"`
 	Space    Space    `json:"space"`
-	Base     uint64   `json:"base"` // first port, address or MSR index; the bit of a PV feature
-	Size     uint64   `json:"size"` // number of ports, bytes or MSRs; 1 for PV and KVM entries
+	Base     uint64   `json:"base"` // first port, address or MSR index; the bit of a PV feature; the first PCI slot
+	Size     uint64   `json:"size"` // number of ports, bytes, MSRs or PCI slots; 1 for PV and KVM entries
 	Class    Class    `json:"class"`
 	Owner    string   `json:"owner"`     // the device that serves it
 	Profiles Profiles `json:"profiles"`  // the profiles that offer it
@@ -145,6 +148,8 @@ func (e Entry) String() string {
 	switch e.Space {
 	case SpacePIO, SpaceMMIO, SpaceMSR:
 		return fmt.Sprintf("%s %s %#x-%#x", e.ID, e.Space, e.Base, e.End()-1)
+	case SpacePCI:
+		return fmt.Sprintf("%s %s slots %d-%d", e.ID, e.Space, e.Base, e.End()-1)
 	}
 	return fmt.Sprintf("%s %s", e.ID, e.Space)
 }

@@ -18,6 +18,15 @@ const (
 	IOAPICUser ID = "ioapic-mmio-user"
 	LAPICMem   ID = "lapic-mmio"
 
+	PCIConfigAddress ID = "pci-config-address"
+	PCIConfigData    ID = "pci-config-data"
+	PCIWindow        ID = "pci-bar-window"
+	PCIHostBridge    ID = "pci-host-bridge"
+	VirtioEntropy    ID = "virtio-rng"
+	VirtioConsole    ID = "virtio-console"
+	VirtioBlock      ID = "virtio-blk"
+	VirtioNet        ID = "virtio-net"
+
 	KVMClockMSRs ID = "kvmclock-msrs"
 
 	PVClockSource2 ID = "pv-clocksource2"
@@ -61,7 +70,14 @@ var table = []Entry{
 	{ID: ACPICnt, Space: SpacePIO, Base: 0x604, Size: 2, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: -1,
 		Why: "ACPI PM1a control block: guest power-off (S5)"},
 
+	{ID: PCIConfigAddress, Space: SpacePIO, Base: 0xcf8, Size: 4, Class: Required, Owner: "pci-host", Profiles: both, IRQ: -1,
+		Why: "PCI configuration mechanism #1 address register: how an OS finds its storage, network and console devices (dword accesses only)"},
+	{ID: PCIConfigData, Space: SpacePIO, Base: 0xcfc, Size: 4, Class: Required, Owner: "pci-host", Profiles: both, IRQ: -1,
+		Why: "PCI configuration mechanism #1 data window: configuration space of bus 0, writes masked bit by bit"},
+
 	// MMIO.
+	{ID: PCIWindow, Space: SpaceMMIO, Base: 0xe0000000, Size: 0x1ec00000, Class: Required, Owner: "pci-host", Profiles: both, IRQ: -1,
+		Why: "PCI memory window: the virtio devices' BARs (common config, notify, ISR, device config, MSI-X); only placed BARs with decoding on answer"},
 	{ID: IOAPICMem, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "kvm-ioapic", Profiles: Full, IRQ: -1, InKernel: true,
 		Why: "IOAPIC registers: routing of device interrupts (KVM's IOAPIC, next to its PIC)"},
 	{ID: IOAPICUser, Space: SpaceMMIO, Base: 0xfec00000, Size: 0x1000, Class: Required, Owner: "ioapic", Profiles: Minimal, IRQ: -1,
@@ -117,4 +133,18 @@ var table = []Entry{
 		Why: "in-kernel IOAPIC (KVM_CREATE_IRQCHIP); the minimal profile has a userspace one"},
 	{ID: KernelLAPIC, Space: SpaceKernel, Size: 1, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
 		Why: "in-kernel local APIC, one per vCPU"},
+
+	// PCI functions on bus 0 (Base is the first slot, Size the number of
+	// slots). Each is reached only through the configuration ports and
+	// its BAR in the PCI window above, and interrupts only with MSI-X.
+	{ID: PCIHostBridge, Space: SpacePCI, Base: 0, Size: 1, Class: Required, Owner: "pci-host", Profiles: both, IRQ: -1,
+		Why: "host bridge function 00.0: the OS's sanity check for configuration mechanism #1 looks for it"},
+	{ID: VirtioEntropy, Space: SpacePCI, Base: 1, Size: 1, Class: Required, Owner: "virtio-rng", Profiles: both, IRQ: -1,
+		Why: "virtio-rng: fresh host entropy, so each guest resumed from one artifact diverges"},
+	{ID: VirtioConsole, Space: SpacePCI, Base: 2, Size: 1, Class: Required, Owner: "virtio-console", Profiles: both, IRQ: -1,
+		Why: "virtio-console (hvc0): the minimal profile's console, which survives the handoff"},
+	{ID: VirtioBlock, Space: SpacePCI, Base: 3, Size: 4, Class: Required, Owner: "virtio-blk", Profiles: both, IRQ: -1,
+		Why: "virtio-blk: up to four disks on raw image files"},
+	{ID: VirtioNet, Space: SpacePCI, Base: 7, Size: 1, Class: Required, Owner: "virtio-net", Profiles: both, IRQ: -1,
+		Why: "virtio-net: one NIC; disconnected during the build, on a tap after resume"},
 }
