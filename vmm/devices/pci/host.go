@@ -272,3 +272,18 @@ func (d *DataWindow) Write(off uint64, data []byte) {
 		f.WriteConfig(reg, data)
 	}
 }
+
+// Address returns the address register, for a snapshot: the guest may
+// have selected a register and not yet accessed it.
+func (h *Host) Address() uint32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.addr
+}
+
+// SetAddress restores the address register (its reserved bits stay clear).
+func (h *Host) SetAddress(a uint32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.addr = a & 0x80fffffc
+}
