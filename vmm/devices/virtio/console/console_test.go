@@ -120,35 +120,46 @@ func TestInput(t *testing.T) {
 	// Input arrives before the guest posts a buffer: it waits.
 	pw.Write([]byte("ls -l\n"))
 	time.Sleep(20 * time.Millisecond)
-	if idx, _ := rx.used(); idx != 0 {
-		t.Fatal("input delivered without a buffer")
-	}
+	tr.locked(func() {
+		if idx, _ := rx.used(); idx != 0 {
+			t.Fatal("input delivered without a buffer")
+		}
+	})
 	// A 4-byte buffer takes the first four bytes, a second the rest.
-	a := rx.offer(4, true, nil)
+	// The guest's side takes the transport's lock: it stands for the
+	// memory ordering a real guest gets from the ring's barriers.
+	var a, b uint64
+	tr.locked(func() { a = rx.offer(4, true, nil) })
 	c.Notify(receiveq, tr.queues)
-	waitUsed(t, rx, 1)
-	b := rx.offer(16, true, nil)
+	waitUsed(t, tr, rx, 1)
+	tr.locked(func() { b = rx.offer(16, true, nil) })
 	c.Notify(receiveq, tr.queues)
-	waitUsed(t, rx, 2)
-	if got := string(r[a:a+4]) + string(r[b:b+2]); got != "ls -l\n" {
-		t.Errorf("guest read %q", got)
-	}
-	if _, n := rx.used(); n != 2 {
-		t.Errorf("second chain used length %d", n)
-	}
+	waitUsed(t, tr, rx, 2)
+	tr.locked(func() {
+		if got := string(r[a:a+4]) + string(r[b:b+2]); got != "ls -l\n" {
+			t.Errorf("guest read %q", got)
+		}
+		if _, n := rx.used(); n != 2 {
+			t.Errorf("second chain used length %d", n)
+		}
+	})
 }
 
-func waitUsed(t *testing.T, g *ring, want uint16) {
+func (t *transport) locked(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f()
+}
+
+func waitUsed(t *testing.T, tr *transport, g *ring, want uint16) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		idx, _ := g.used()
+	var idx uint16
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		tr.locked(func() { idx, _ = g.used() })
 		if idx == want {
 			return
 		}
-		time.Sleep(time.Millisecond)
 	}
-	idx, _ := g.used()
 	t.Fatalf("used index %d, want %d", idx, want)
 }
 
