@@ -30,6 +30,8 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -103,11 +105,33 @@ func uinit(stdout io.Writer) error {
 			}
 		}
 	}
+	loadDeviceModules()
 	if err := printInfo(stdout); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(stdout, guestproto.ReadyLine)
 	return err
+}
+
+// loadDeviceModules loads the drivers of the required devices the image
+// carries; a missing module is skipped (a custom image may build them in)
+// and a failing one is logged.
+func loadDeviceModules() {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		log.Print(err)
+		return
+	}
+	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(uts.Release[:]))
+	for _, m := range guestproto.DeviceModules {
+		p := filepath.Join(dir, path.Base(m))
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if err := loadModule(p); err != nil {
+			log.Print(err)
+		}
+	}
 }
 
 // ready prints guestproto.ReadyLine on the console.

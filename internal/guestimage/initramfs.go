@@ -15,6 +15,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 )
 
 const (
@@ -57,7 +59,8 @@ type buildOptions struct {
 	// paths relative to its modules directory. Each is copied as shipped
 	// (xz-compressed) to lib/modules/<release>/<file name>. u-root's init
 	// loads only /lib/modules/*.ko at boot, so these stay unloaded until
-	// bunkerguest loads one: msr, for "bunkerguest probe".
+	// bunkerguest loads them: the device drivers at boot
+	// (guestproto.DeviceModules), msr for "bunkerguest probe".
 	Modules []string
 }
 
@@ -71,7 +74,7 @@ var defaultOptions = buildOptions{
 	Uinit:           "/bin/bunkerguest uinit",
 	Guest:           "bin/bunkerguest",
 	GuestBuildFlags: []string{"-trimpath", "-ldflags=-s -w"},
-	Modules:         []string{"kernel/arch/x86/kernel/msr.ko.xz"},
+	Modules:         append([]string{"kernel/arch/x86/kernel/msr.ko.xz"}, guestproto.DeviceModules...),
 }
 
 // env is the environment for every go command that builds for the guest.

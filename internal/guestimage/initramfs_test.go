@@ -5,12 +5,14 @@ import (
 	"context"
 	"debug/elf"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -196,10 +198,13 @@ func TestModuleFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []imageFile{{
-		Src: filepath.Join(k.ModulesDir, "kernel/arch/x86/kernel/msr.ko.xz"),
-		Dst: "lib/modules/6.12.0-test-amd64/msr.ko.xz",
-	}}
+	var want []imageFile
+	for _, m := range defaultOptions.Modules {
+		want = append(want, imageFile{Src: filepath.Join(k.ModulesDir, m), Dst: "lib/modules/6.12.0-test-amd64/" + path.Base(m)})
+	}
+	if want[0].Dst != "lib/modules/6.12.0-test-amd64/msr.ko.xz" || len(want) != 1+len(guestproto.DeviceModules) {
+		t.Fatalf("default modules %q: want msr and the device modules", defaultOptions.Modules)
+	}
 	if !slices.Equal(files, want) {
 		t.Errorf("moduleFiles() = %q; want %q", files, want)
 	}

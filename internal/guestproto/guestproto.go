@@ -11,3 +11,21 @@ const ReadyLine = "BUNKERGUEST-READY"
 // bunkerguest uinit start a process that counts up ten times a second into
 // FILE: a process whose progress shows across a snapshot.
 const CountParam = "bunkerguest.count"
+
+// DeviceModules are the guest kernel's modules for the required devices
+// that the stock Debian kernel builds as modules, relative to its modules
+// directory and in load order (dependencies first). The default guest
+// image carries them, and bunkerguest uinit loads them at boot, so that
+// the disks, the NIC and the entropy source have drivers before the
+// snapshot. virtio-pci and virtio-console are built in.
+var DeviceModules = []string{
+	"kernel/net/core/failover.ko.xz",
+	"kernel/drivers/net/net_failover.ko.xz",
+	"kernel/drivers/net/virtio_net.ko.xz",
+	"kernel/drivers/block/virtio_blk.ko.xz",
+	"kernel/drivers/char/hw_random/virtio-rng.ko.xz",
+	"kernel/fs/fat/fat.ko.xz",
+	"kernel/fs/fat/vfat.ko.xz",
+	"kernel/fs/nls/nls_cp437.ko.xz",
+	"kernel/fs/nls/nls_ascii.ko.xz",
+}
