@@ -3,7 +3,9 @@
 //
 // Every port, address and interrupt line in the tables comes from the
 // inventory: the PM1a event and control blocks and the SCI from ACPIEvt and
-// ACPICnt, the IOAPIC and local APIC windows from IOAPICMem and LAPICMem.
+// ACPICnt, the IOAPIC and local APIC windows from IOAPICMem and LAPICMem,
+// and the PCI root bridge's configuration ports and memory window, in the
+// DSDT, from PCIConfigAddress, PCIConfigData and PCIWindow.
 //
 // Interrupt routing. The machine uses KVM's in-kernel irqchip with its
 // default GSI routing (arch/x86/kvm/irq_comm.c, default_routing; irq.c in
@@ -101,7 +103,7 @@ func Build(mem *memory.Guest, cfg Config) (uint64, error) {
 		next = facsAddr + facsSize
 	}
 	dsdtAddr := alignUp(next, tableAlign)
-	d := dsdt(slpTypS5)
+	d := dsdt(slpTypS5, res.pci)
 	tables = append(tables, placed{dsdtAddr, d})
 	next = dsdtAddr + uint64(len(d))
 
@@ -157,6 +159,7 @@ type res struct {
 	pm1Evt, pm1Cnt inventory.Entry
 	sci            int
 	ioapic, lapic  uint64
+	pci            pciParams
 }
 
 func resources() (res, error) {
@@ -187,7 +190,35 @@ func resources() (res, error) {
 	if r.sci < 1 || r.sci > 15 || r.sci == 2 {
 		return r, fmt.Errorf("ACPI tables: SCI on IRQ %d from inventory entry %s, want an ISA IRQ", r.sci, r.pm1Evt)
 	}
-	return r, nil
+	var err error
+	r.pci, err = pciResources(inventory.MustGet(inventory.PCIConfigAddress), inventory.MustGet(inventory.PCIConfigData), inventory.MustGet(inventory.PCIWindow))
+	return r, err
+}
+
+// pciResources checks the inventory entries the PCI root bridge's _CRS
+// names: the configuration mechanism #1 registers, a dword address
+// register directly followed by a dword data window, which one IO
+// descriptor covers, and a memory window below 4 GiB, which one DWord
+// Memory descriptor covers.
+func pciResources(addr, data, window inventory.Entry) (pciParams, error) {
+	const cfgReg = 4 // both registers are 32 bits wide
+	for _, e := range []inventory.Entry{addr, data} {
+		if e.Space != inventory.SpacePIO || e.Size != cfgReg || e.End() > 1<<16 {
+			return pciParams{}, fmt.Errorf("ACPI tables: inventory entry %s is not a %d-port I/O range", e, cfgReg)
+		}
+	}
+	if data.Base != addr.End() {
+		return pciParams{}, fmt.Errorf("ACPI tables: PCI configuration data window %s does not follow the address register %s; one IO descriptor cannot cover both", data, addr)
+	}
+	if window.Space != inventory.SpaceMMIO || window.Size == 0 || window.End() > 1<<32 {
+		return pciParams{}, fmt.Errorf("ACPI tables: PCI memory window %s is not a 32-bit MMIO range", window)
+	}
+	return pciParams{
+		cfgPort: uint16(addr.Base),
+		cfgLen:  uint8(addr.Size + data.Size),
+		winBase: uint32(window.Base),
+		winSize: uint32(window.Size),
+	}, nil
 }
 
 func fadtFor(cfg Config, r res, facsAddr, dsdtAddr uint64) fadtParams {

@@ -370,8 +370,48 @@ func TestDSDTS5(t *testing.T) {
 		0x0a, slpTypS5, // BytePrefix SLP_TYPb
 		0x00, 0x00, // Zero, Zero
 	}
-	if got := d[headerSize:]; !bytes.Equal(got, want) {
-		t.Errorf("DSDT AML = % x\nwant       % x", got, want)
+	if got := d[headerSize:]; !bytes.HasPrefix(got, want) {
+		t.Errorf("DSDT AML = % x\nwant it to start with % x", got, want)
+	}
+}
+
+// le16 and le32 are the little-endian bytes of v.
+func le16(v uint64) []byte { return le.AppendUint16(nil, uint16(v)) }
+func le32(v uint64) []byte { return le.AppendUint32(nil, uint32(v)) }
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// TestDSDTPCI checks the PCI root bridge's AML byte by byte, assembled
+// by hand from ACPI 6.5, 20.2 and 6.4.
+func TestDSDTPCI(t *testing.T) {
+	cfg := inventory.MustGet(inventory.PCIConfigAddress)
+	win := inventory.MustGet(inventory.PCIWindow)
+	_, ts := build(t, Config{CPUs: 1, Legacy: true})
+	d := ts.raw["DSDT"][headerSize:]
+	const s5Len = 14 // Name (_S5, ...), checked by TestDSDTS5
+	want := cat(
+		[]byte{0x10, 0x48, 0x06}, // ScopeOp, PkgLength 0x68 (2 bytes: 0x8 | 0x06<<4)
+		[]byte{0x5c, '_', 'S', 'B', '_'},
+		[]byte{0x5b, 0x82, 0x4f, 0x05}, // DeviceOp, PkgLength 0x5f
+		[]byte("PCI0"),
+		[]byte("\x08_HID\x0c\x41\xd0\x0a\x03"), // DWordPrefix EisaId ("PNP0A03")
+		[]byte("\x08_UID\x00"),
+		[]byte("\x08_SEG\x00"),
+		[]byte("\x08_BBN\x00"),
+		[]byte("\x08_CRS"),
+		[]byte{0x11, 0x37, 0x0a, 0x34}, // BufferOp, PkgLength 0x37, BytePrefix size 0x34
+		// WordBusNumber: type 2, flags MaxFixed|MinFixed, producer, positive decode.
+		[]byte{0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00},
+		le16(0), le16(0), le16(0), le16(0), le16(1), // _GRA _MIN _MAX _TRA _LEN
+		// IO: Decode16, min = max = the address register, alignment 1, 8 ports.
+		[]byte{0x47, 0x01}, le16(cfg.Base), le16(cfg.Base), []byte{0x01, 0x08},
+		// DWordMemory: type 0, MaxFixed|MinFixed, NonCacheable ReadWrite.
+		[]byte{0x87, 0x17, 0x00, 0x00, 0x0c, 0x01},
+		le32(0), le32(win.Base), le32(win.End()-1), le32(0), le32(win.Size),
+		[]byte{0x79, 0x00}, // End Tag, checksum 0: not checked
+	)
+	if len(d) < s5Len || !bytes.Equal(d[s5Len:], want) {
+		t.Errorf("DSDT AML after _S5 = % x\nwant                 % x", d[min(s5Len, len(d)):], want)
 	}
 }
 
@@ -404,6 +444,139 @@ func TestAMLEncoding(t *testing.T) {
 	} {
 		if got := pkgLength(tc.n); !bytes.Equal(got, tc.want) {
 			t.Errorf("pkgLength(%#x) = % x, want % x", tc.n, got, tc.want)
+		}
+	}
+}
+
+func mustPanic(t *testing.T, what string, f func()) {
+	t.Helper()
+	defer func() {
+		if recover() == nil {
+			t.Errorf("%s did not panic", what)
+		}
+	}()
+	f()
+}
+
+func TestAMLNames(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want []byte
+	}{
+		{"PCI0", []byte("PCI0")},
+		{"_SB", []byte("_SB_")},
+		{`\_SB_`, []byte("\\_SB_")},
+		{`\`, []byte{0x5c, 0x00}},
+		{"^^PCI0", []byte("^^PCI0")},
+		{`\_SB.PCI0`, []byte("\\\x2e_SB_PCI0")},
+		{`\_SB.PCI0.S08`, []byte("\\\x2f\x03_SB_PCI0S08_")},
+	} {
+		if got := nameString(tc.path); !bytes.Equal(got, tc.want) {
+			t.Errorf("nameString(%q) = % x, want % x", tc.path, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "PCI00", "pci0", "0PCI", "_SB..PCI0", `\_SB.`, "A-B"} {
+		mustPanic(t, fmt.Sprintf("nameString(%q)", bad), func() { nameString(bad) })
+	}
+	if got, want := nameOp("_UID", amlInteger(0)), []byte("\x08_UID\x00"); !bytes.Equal(got, want) {
+		t.Errorf("nameOp = % x, want % x", got, want)
+	}
+	if got, want := scopeOp(`\`), []byte{0x10, 0x03, 0x5c, 0x00}; !bytes.Equal(got, want) {
+		t.Errorf("empty Scope (\\) = % x, want % x", got, want)
+	}
+	if got, want := deviceOp("DEV", nameOp("_UID", amlInteger(1))), []byte("\x5b\x82\x0b\x44\x45\x56_\x08_UID\x01"); !bytes.Equal(got, want) {
+		t.Errorf("Device (DEV) = % x, want % x", got, want)
+	}
+}
+
+func TestEisaID(t *testing.T) {
+	for _, tc := range []struct {
+		id   string
+		want uint32
+	}{
+		{"PNP0A03", 0x030ad041}, // PCI root bridge
+		{"PNP0A08", 0x080ad041}, // PCI Express root bridge
+		{"PNP0501", 0x0105d041}, // 16550A UART
+		{"ABC1234", 0x34124304}, // A=1 B=2 C=3: 00001 00010 00011 -> 0x0443
+		{"ZZZFFFF", 0xffff5a6b}, // Z=26: 11010 11010 11010 -> 0x6b5a
+	} {
+		if got := eisaID(tc.id); got != tc.want {
+			t.Errorf("eisaID(%q) = %#08x, want %#08x", tc.id, got, tc.want)
+		}
+	}
+	if got, want := amlDWord(eisaID("PNP0A03")), []byte{0x0c, 0x41, 0xd0, 0x0a, 0x03}; !bytes.Equal(got, want) {
+		t.Errorf("amlDWord(EisaId PNP0A03) = % x, want % x", got, want)
+	}
+	if got, want := amlDWord(1), []byte{0x0c, 1, 0, 0, 0}; !bytes.Equal(got, want) {
+		t.Errorf("amlDWord(1) = % x, want % x: the width is kept", got, want)
+	}
+	for _, bad := range []string{"PNP0A0", "PNP0A033", "pnp0A03", "PNP0a03", "P1P0A03", "PNP0G03"} {
+		mustPanic(t, fmt.Sprintf("eisaID(%q)", bad), func() { eisaID(bad) })
+	}
+}
+
+func TestResourceTemplate(t *testing.T) {
+	if got, want := resourceTemplate(), []byte{0x11, 0x05, 0x0a, 0x02, 0x79, 0x00}; !bytes.Equal(got, want) {
+		t.Errorf("empty ResourceTemplate = % x, want % x", got, want)
+	}
+	if got, want := ioPort(false, 0x3f8, 0x3f8, 8, 8), []byte{0x47, 0x00, 0xf8, 0x03, 0xf8, 0x03, 0x08, 0x08}; !bytes.Equal(got, want) {
+		t.Errorf("IO (Decode10, 0x3f8, 0x3f8, 8, 8) = % x, want % x", got, want)
+	}
+	// WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0, 0xd00, 0xffff, 0, 0xf300)
+	// has type 1 and type-specific flags 3 (EntireRange).
+	w := addrSpace{typ: 1, flags: addrMinFixed | addrMaxFixed, typeFlags: 3, min: 0xd00, max: 0xffff, length: 0xf300}.word()
+	if want := []byte{0x88, 0x0d, 0x00, 0x01, 0x0c, 0x03, 0, 0, 0x00, 0x0d, 0xff, 0xff, 0, 0, 0x00, 0xf3}; !bytes.Equal(w, want) {
+		t.Errorf("WordIO = % x, want % x", w, want)
+	}
+	// A consumer, subtractively decoded, with neither end fixed.
+	dw := addrSpace{flags: addrConsumer | addrSubDecode, typeFlags: memReadWrite, gran: 0xfff, min: 0x1000, max: 0x1fffff, tra: 0x10, length: 0x2000}.dword()
+	want := cat([]byte{0x87, 0x17, 0x00, 0x00, 0x03, 0x01}, le32(0xfff), le32(0x1000), le32(0x1fffff), le32(0x10), le32(0x2000))
+	if !bytes.Equal(dw, want) {
+		t.Errorf("DWordMemory = % x, want % x", dw, want)
+	}
+	fixed := addrMinFixed | addrMaxFixed
+	mustPanic(t, "a fixed range whose length disagrees", func() { addrSpace{flags: uint8(fixed), min: 0, max: 0, length: 2}.word() })
+	mustPanic(t, "a fixed range with a granularity", func() { addrSpace{flags: uint8(fixed), gran: 1, min: 0, max: 0, length: 1}.dword() })
+	mustPanic(t, "a Word descriptor past 16 bits", func() { addrSpace{min: 0x10000}.word() })
+	mustPanic(t, "a DWord descriptor past 32 bits", func() { addrSpace{max: 1 << 32}.dword() })
+
+	// A buffer of 0x40 bytes: 0x42 bytes after the PkgLength, which with
+	// its own 2 bytes is 0x44.
+	big := bufferOp(make([]byte, 0x40))
+	if want := []byte{0x11, 0x44, 0x04, 0x0a, 0x40}; !bytes.HasPrefix(big, want) || len(big) != 5+0x40 {
+		t.Errorf("Buffer of 0x40 bytes starts % x, is %d bytes; want % x, %d bytes", big[:5], len(big), want, 5+0x40)
+	}
+}
+
+func TestPCIResources(t *testing.T) {
+	addr := inventory.MustGet(inventory.PCIConfigAddress)
+	data := inventory.MustGet(inventory.PCIConfigData)
+	win := inventory.MustGet(inventory.PCIWindow)
+	p, err := pciResources(addr, data, win)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(p.cfgPort) != addr.Base || p.cfgLen != 8 || uint64(p.winBase) != win.Base || uint64(p.winSize) != win.Size {
+		t.Errorf("pciResources = %+v from %s, %s, %s", p, addr, data, win)
+	}
+	moved := func(e inventory.Entry, f func(*inventory.Entry)) inventory.Entry { f(&e); return e }
+	for _, tc := range []struct {
+		name            string
+		addr, data, win inventory.Entry
+		errHas          string
+	}{
+		{"gap", addr, moved(data, func(e *inventory.Entry) { e.Base += 4 }), win, "does not follow"},
+		{"reversed", data, addr, win, "does not follow"},
+		{"short address register", moved(addr, func(e *inventory.Entry) { e.Size = 2 }), data, win, "not a 4-port I/O range"},
+		{"data in MMIO", addr, moved(data, func(e *inventory.Entry) { e.Space = inventory.SpaceMMIO }), win, "not a 4-port I/O range"},
+		{"ports past 0xffff", moved(addr, func(e *inventory.Entry) { e.Base = 0xfffe }), data, win, "not a 4-port I/O range"},
+		{"window above 4 GiB", addr, data, moved(win, func(e *inventory.Entry) { e.Base = 1 << 32 }), "not a 32-bit MMIO range"},
+		{"window crossing 4 GiB", addr, data, moved(win, func(e *inventory.Entry) { e.Size = 1<<32 - e.Base + 1 }), "not a 32-bit MMIO range"},
+		{"empty window", addr, data, moved(win, func(e *inventory.Entry) { e.Size = 0 }), "not a 32-bit MMIO range"},
+		{"window in I/O space", addr, data, moved(win, func(e *inventory.Entry) { e.Space = inventory.SpacePIO }), "not a 32-bit MMIO range"},
+	} {
+		if _, err := pciResources(tc.addr, tc.data, tc.win); err == nil || !strings.Contains(err.Error(), tc.errHas) {
+			t.Errorf("%s: pciResources err = %v, want %q", tc.name, err, tc.errHas)
 		}
 	}
 }
@@ -470,6 +643,20 @@ func TestIASL(t *testing.T) {
 				}
 				s := string(dsl)
 				out[name] = s
+				if name == "dsdt" {
+					// Compile the disassembly back, without iasl's
+					// optimizations (which would drop the root prefix
+					// of \_SB), and compare the AML byte for byte.
+					cmd := exec.Command(iasl, "-oa", "-p", "dsdt-again", name+".dsl")
+					cmd.Dir = dir
+					if msg, err := cmd.CombinedOutput(); err != nil {
+						t.Errorf("iasl -oa %s.dsl: %v\n%s", name, err, msg)
+					} else if again, err := os.ReadFile(filepath.Join(dir, "dsdt-again.aml")); err != nil {
+						t.Errorf("iasl compiled no dsdt-again.aml: %v\n%s", err, msg)
+					} else if !bytes.Equal(again[min(headerSize, len(again)):], b[headerSize:]) {
+						t.Errorf("the DSDT's disassembly compiles to other AML:\n% x\nwant\n% x", again[min(headerSize, len(again)):], b[headerSize:])
+					}
+				}
 				for _, bad := range []string{"Invalid", "Incorrect", "**** ", "Error", "Warning"} {
 					if strings.Contains(s, bad) || strings.Contains(string(msg), bad) {
 						t.Errorf("iasl on %s reports %q:\n%s\n%s", name, bad, msg, s)
@@ -477,8 +664,26 @@ func TestIASL(t *testing.T) {
 				}
 			}
 			evt := inventory.MustGet(inventory.ACPIEvt)
+			pciCfg := inventory.MustGet(inventory.PCIConfigAddress)
+			pciWin := inventory.MustGet(inventory.PCIWindow)
 			want := map[string][]string{
-				"dsdt": {"Name (_S5, Package (0x04)", fmt.Sprintf("{ 0x%02X, 0x%02X, Zero, Zero })", slpTypS5, slpTypS5)},
+				"dsdt": {
+					"Name (_S5, Package (0x04)", fmt.Sprintf("{ 0x%02X, 0x%02X, Zero, Zero })", slpTypS5, slpTypS5),
+					`Scope (\_SB) { Device (PCI0) { Name (_HID, EisaId ("PNP0A03") /* PCI Bus */)`,
+					"Name (_UID, Zero)", "Name (_SEG, Zero)", "Name (_BBN, Zero)",
+					"Name (_CRS, ResourceTemplate () // _CRS: Current Resource Settings {",
+					// Bus 0 only.
+					"WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, // Granularity " +
+						"0x0000, // Range Minimum 0x0000, // Range Maximum 0x0000, // Translation Offset 0x0001, // Length",
+					// The address register and the data window: exactly
+					// the 8 ports Linux drops from the bridge's windows.
+					fmt.Sprintf("IO (Decode16, 0x%04X, // Range Minimum 0x%04X, // Range Maximum 0x01, // Alignment 0x08, // Length )",
+						pciCfg.Base, pciCfg.Base),
+					fmt.Sprintf("DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, "+
+						"0x00000000, // Granularity 0x%08X, // Range Minimum 0x%08X, // Range Maximum "+
+						"0x00000000, // Translation Offset 0x%08X, // Length ,, , AddressRangeMemory, TypeStatic) }) } }",
+						pciWin.Base, pciWin.End()-1, pciWin.Size),
+				},
 				"apic": {fmt.Sprintf("Local Apic Address : %08X", inventory.MustGet(inventory.LAPICMem).Base)},
 				"facp": {"Revision : 06"},
 			}

@@ -306,8 +306,70 @@ func madt(p madtParams) []byte {
 // dsdtRevision 2 makes AML integers 64 bits wide.
 const dsdtRevision = 2
 
-func dsdt(slpTypS5 uint64) []byte {
+// pciParams are the resources of the PCI root bridge.
+type pciParams struct {
+	cfgPort uint16 // the configuration address register; the data window follows
+	cfgLen  uint8  // ports of the address register and the data window together
+	winBase uint32 // the memory window the BARs are placed in
+	winSize uint32
+}
+
+func dsdt(slpTypS5 uint64, pci pciParams) []byte {
 	// Name (_S5, Package () { SLP_TYPa, SLP_TYPb, Reserved, Reserved })
 	aml := nameOp("_S5_", packageOp(amlInteger(slpTypS5), amlInteger(slpTypS5), amlInteger(0), amlInteger(0)))
+	aml = append(aml, scopeOp(`\_SB_`, pciRootBridge(pci))...)
 	return sdt("DSDT", dsdtRevision, aml)
+}
+
+// pciRootBridge returns \_SB.PCI0, the host bridge to PCI segment 0, bus
+// 0, which an OS enumerates through configuration mechanism #1:
+//
+//	Device (PCI0) {
+//		Name (_HID, EisaId ("PNP0A03"))	// PCI (not PCI Express) root bridge
+//		Name (_UID, 0)
+//		Name (_SEG, 0)
+//		Name (_BBN, 0)
+//		Name (_CRS, ResourceTemplate () {
+//			WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0, 0, 1)
+//			IO (Decode16, cfgPort, cfgPort, 1, cfgLen)
+//			DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+//				0, winBase, winBase+winSize-1, 0, winSize)
+//		})
+//	}
+//
+// The IO descriptor is the configuration registers the bridge itself
+// consumes. Linux (arch/x86/pci/acpi.c) takes every I/O and memory range
+// of a host bridge's _CRS as a window for the devices below it, whatever
+// its producer/consumer flag, except exactly the eight ports 0xcf8-0xcff,
+// which it drops: so this descriptor must cover the address register and
+// the data window together, 8 ports, as resources() checks.
+//
+// There is no _PRT: the devices have no INTx pin (Interrupt Pin 0) and
+// interrupt through MSI-X only, so there is no legacy interrupt to route.
+// There is no _OSC either: it negotiates PCI Express native control
+// (hot-plug, AER, PME), which a PCI root bridge (PNP0A03, not PNP0A08)
+// does not offer.
+//
+// There are no I/O port windows (WordIO producers, as a PC's 0x0000-0x0cf7
+// and 0x0d00-0xffff): the host decodes memory BARs only, never I/O BARs,
+// so a window would advertise ports that reach no PCI function, and an OS
+// could place an I/O BAR in it that nothing answers. The legacy devices'
+// ports (serial, i8042, RTC, PM) are not behind the bridge in the
+// namespace: the OS probes them or finds them in the FADT, and claims them
+// from the whole I/O space, not from a bridge window, so they need none.
+func pciRootBridge(p pciParams) []byte {
+	return deviceOp("PCI0",
+		nameOp("_HID", amlDWord(eisaID("PNP0A03"))),
+		nameOp("_UID", amlInteger(0)),
+		nameOp("_SEG", amlInteger(0)),
+		nameOp("_BBN", amlInteger(0)),
+		nameOp("_CRS", resourceTemplate(
+			addrSpace{typ: rtBusNumber, flags: addrMinFixed | addrMaxFixed, min: 0, max: 0, length: 1}.word(),
+			ioPort(true, p.cfgPort, p.cfgPort, 1, p.cfgLen),
+			addrSpace{
+				typ: rtMemory, flags: addrMinFixed | addrMaxFixed, typeFlags: memNonCacheable | memReadWrite,
+				min: uint64(p.winBase), max: uint64(p.winBase) + uint64(p.winSize) - 1, length: uint64(p.winSize),
+			}.dword(),
+		)),
+	)
 }
