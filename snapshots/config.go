@@ -33,6 +33,9 @@ type Config struct {
 	// can run the guest's CPU without reading the state.
 	CPUID  []CPUIDEntry `json:"cpuid"`
 	Memory Memory       `json:"memory"`
+	// Disks are the guest's disks, as captured; disk i is the layer after
+	// the memory chunks and the disks before it.
+	Disks []Disk `json:"disks,omitempty"`
 
 	Recipe *Source `json:"recipe,omitempty"` // the recipe the guest was built from
 	Kernel *Source `json:"kernel,omitempty"` // the guest kernel
@@ -80,6 +83,13 @@ type Chunk struct {
 	GPA   uint64 `json:"gpa"`
 	Size  uint64 `json:"size"`  // ChunkSize, or less at the end of a region
 	Pages uint64 `json:"pages"` // non-zero pages stored, 1 to Size/PageSize
+}
+
+// Disk is a captured virtio-blk disk.
+type Disk struct {
+	ID       string `json:"id"`   // the guest's serial number of the disk
+	Size     uint64 `json:"size"` // bytes, a multiple of 512
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Size returns the total size of guest memory.
@@ -171,6 +181,17 @@ func (c *Config) validateFields() error {
 		}
 		if err := checkDigest(s.Digest); err != nil {
 			return fmt.Errorf("%s digest: %w", name, err)
+		}
+	}
+	if len(c.Disks) > MaxDisks {
+		return fmt.Errorf("%d disks, over %d", len(c.Disks), MaxDisks)
+	}
+	for i, d := range c.Disks {
+		if err := validText(d.ID); err != nil || len(d.ID) > 20 {
+			return fmt.Errorf("disk %d id %.40q: want at most 20 bytes of text", i, d.ID)
+		}
+		if d.Size == 0 || d.Size%512 != 0 || d.Size > MaxDiskSize {
+			return fmt.Errorf("disk %d: size %d is not a positive multiple of 512 up to %d", i, d.Size, uint64(MaxDiskSize))
 		}
 	}
 	if len(c.Labels) > MaxLabels {

@@ -21,7 +21,13 @@
 //   - layer 0, the vCPU state, and layer 1, the device state, as the VMM
 //     encodes them (vmm/machine.State.MarshalLayers);
 //   - layers 2 onwards, guest memory: one layer per stored chunk, in the
-//     order of [Memory.Chunks].
+//     order of [Memory.Chunks];
+//   - then the guest's disks ([MediaTypeDisk]), one raw image each, in the
+//     order of [Config.Disks], as they were at the capture. The guest's page
+//     cache in memory matches them, so a resume must start from exactly
+//     these bytes: [Artifact.CopyDisk] makes a writable copy (sparse, its
+//     digest checked again), and [Artifact.OpenDisk] serves a read-only disk
+//     from the blob itself.
 //
 // Guest memory is cut into chunks of [ChunkSize] bytes from the start of
 // each RAM region (the last chunk of a region may be shorter). A chunk of

@@ -25,6 +25,10 @@ const (
 	// layer each, in the order of [Memory.Chunks].
 	MediaTypeMemoryRaw    = "application/vnd.bunkerbuild.memory.raw.v1"
 	MediaTypeMemorySparse = "application/vnd.bunkerbuild.memory.sparse.v1"
+	// MediaTypeDisk is a virtio-blk disk's raw image as it was at the
+	// capture, one layer each after the memory chunks, in the order of
+	// [Config.Disks].
+	MediaTypeDisk = "application/vnd.bunkerbuild.disk.raw.v1"
 
 	// SignatureArtifactType marks a signature manifest: an image manifest
 	// whose subject is the snapshot manifest and whose one layer is an
@@ -69,6 +73,8 @@ const (
 	MaxRegions      = 64       // guest memory regions
 	MaxMemorySize   = 1 << 40  // bytes of guest memory
 	MaxChunks       = MaxMemorySize / ChunkSize
+	MaxDisks        = 16
+	MaxDiskSize     = 1 << 40 // bytes of one disk image
 	MaxVCPUs        = 1024
 	MaxCPUIDEntries = 256
 	MaxLabels       = 64

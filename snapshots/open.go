@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/jsonstrict"
 )
 
@@ -218,7 +221,7 @@ func (a *Artifact) checkManifest() error {
 		return fmt.Errorf("%w: snapshot manifest has artifact type %q, want %q", ErrVersion, m.ArtifactType, ArtifactType)
 	case m.Subject != nil:
 		return fmt.Errorf("%w: snapshot manifest has a subject", ErrMalformed)
-	case len(m.Layers) < 2 || len(m.Layers) > 2+MaxChunks:
+	case len(m.Layers) < 2 || len(m.Layers) > 2+MaxChunks+MaxDisks:
 		return fmt.Errorf("%w: snapshot manifest has %d layers", ErrMalformed, len(m.Layers))
 	}
 	if err := checkDescriptor(m.Config, MediaTypeConfig, MaxConfigSize); err != nil {
@@ -232,11 +235,21 @@ func (a *Artifact) checkManifest() error {
 	return nil
 }
 
-// checkLayers checks the memory layers against the config's chunk list.
+// checkLayers checks the memory and disk layers against the config's
+// chunk and disk lists.
 func (a *Artifact) checkLayers() error {
-	chunks := a.config.Memory.Chunks
-	if len(a.manifest.Layers) != 2+len(chunks) {
-		return fmt.Errorf("%w: %d memory layers for %d chunks in the config", ErrMalformed, len(a.manifest.Layers)-2, len(chunks))
+	chunks, disks := a.config.Memory.Chunks, a.config.Disks
+	if len(a.manifest.Layers) != 2+len(chunks)+len(disks) {
+		return fmt.Errorf("%w: %d memory and disk layers for %d chunks and %d disks in the config", ErrMalformed, len(a.manifest.Layers)-2, len(chunks), len(disks))
+	}
+	for i, d := range disks {
+		l := a.manifest.Layers[2+len(chunks)+i]
+		if err := checkDescriptor(l, MediaTypeDisk, int64(d.Size)); err != nil {
+			return fmt.Errorf("disk %d (%s): %w", i, d.ID, err)
+		}
+		if uint64(l.Size) != d.Size {
+			return fmt.Errorf("%w: disk %d (%s): layer of %d bytes, the config says %d", ErrMalformed, i, d.ID, l.Size, d.Size)
+		}
 	}
 	for i, c := range chunks {
 		l := a.manifest.Layers[i+2]
@@ -517,4 +530,98 @@ func private(st os.FileInfo) error {
 // String describes the artifact in one line.
 func (a *Artifact) String() string {
 	return fmt.Sprintf("%s (%s, %d vCPUs, %d MiB)", a.path, a.desc.Digest, a.config.VCPUs, a.config.Memory.Size()>>20)
+}
+
+// Disks returns the captured disks.
+func (a *Artifact) Disks() []Disk { return slices.Clone(a.config.Disks) }
+
+// diskLayer returns disk i's layer.
+func (a *Artifact) diskLayer(i int) (ocispec.Descriptor, error) {
+	if i < 0 || i >= len(a.config.Disks) {
+		return ocispec.Descriptor{}, fmt.Errorf("artifact %s has no disk %d", a.path, i)
+	}
+	return a.manifest.Layers[2+len(a.config.Memory.Chunks)+i], nil
+}
+
+// OpenDisk opens disk i's image read-only, for a read-only disk: the
+// guest cannot change it, and others must not either, so the blob must
+// be private (see RestoreMemory). Call Verify first.
+func (a *Artifact) OpenDisk(i int) (*os.File, error) {
+	if !a.verified {
+		return nil, errors.New("open disk: the artifact has not been verified")
+	}
+	l, err := a.diskLayer(i)
+	if err != nil {
+		return nil, err
+	}
+	f, err := a.openBlob(l)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPrivate(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// CopyDisk writes disk i's image, as captured, to a new file at path,
+// sparse where the image is zero; the digest is checked again as it is
+// read. path must not exist; the copy is made under a temporary name
+// and renamed into place when complete and synced. Call Verify first.
+func (a *Artifact) CopyDisk(i int, path string) error {
+	if !a.verified {
+		return errors.New("copy disk: the artifact has not been verified")
+	}
+	l, err := a.diskLayer(i)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("disk %d: %s exists; a resumed disk starts from the captured image, so give a path that does not exist", i, path)
+	}
+	src, err := a.openBlob(l)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-*")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	dg := digest.SHA256.Digester()
+	if err := CopySparse(tmp, io.LimitReader(src, l.Size), dg.Hash()); err != nil {
+		return fmt.Errorf("disk %d: %w", i, err)
+	}
+	if got := dg.Digest(); got != l.Digest {
+		return digestErr(l, got)
+	}
+	if st, err := tmp.Stat(); err != nil || st.Size() != l.Size {
+		return fmt.Errorf("%w: disk %d: blob shorter than %d bytes", ErrTruncated, i, l.Size)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	// Never replace a file that appeared meanwhile: it may be a disk.
+	err = unix.Renameat2(unix.AT_FDCWD, tmp.Name(), unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		if err = os.Link(tmp.Name(), path); err == nil {
+			os.Remove(tmp.Name())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("disk %d: %w", i, err)
+	}
+	ok = true
+	return fsutil.SyncDir(filepath.Dir(path))
 }

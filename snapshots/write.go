@@ -27,6 +27,14 @@ type Contents struct {
 	VCPUState   []byte      // MediaTypeVCPUState
 	DeviceState []byte      // MediaTypeDeviceState
 	Memory      []MemRegion // guest RAM, sorted by GPA
+	Disks       []DiskImage // the guest's disks, in the guest's order
+}
+
+// DiskImage is a disk to store: its config entry and the image file,
+// which Write reads from its start and does not close.
+type DiskImage struct {
+	Disk Disk
+	File *os.File
 }
 
 // MemRegion is a region of guest RAM and the host memory that holds it.
@@ -231,6 +239,18 @@ func (w *layoutWriter) write(ctx context.Context, c Contents, key ed25519.Privat
 		}
 	}
 	sum.Chunks = len(cfg.Memory.Chunks)
+	cfg.Disks = nil
+	for i, d := range c.Disks {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		desc, err := w.putDisk(d)
+		if err != nil {
+			return nil, fmt.Errorf("disk %d (%s): %w", i, d.Disk.ID, err)
+		}
+		cfg.Disks = append(cfg.Disks, d.Disk)
+		layers = append(layers, desc)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -330,6 +350,86 @@ func (w *layoutWriter) putBytes(mediaType string, b []byte) (ocispec.Descriptor,
 
 func (w *layoutWriter) putChunk(c Chunk, data []byte) (ocispec.Descriptor, error) {
 	return w.putBlob(c.encoding(), func(bw io.Writer) error { return writeChunk(bw, c, data) })
+}
+
+// putDisk stores a disk image as a blob. The blob stays sparse where
+// the image has zero pages, so an empty disk costs its hash, not its size.
+func (w *layoutWriter) putDisk(d DiskImage) (ocispec.Descriptor, error) {
+	st, err := d.File.Stat()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if uint64(st.Size()) != d.Disk.Size {
+		return ocispec.Descriptor{}, fmt.Errorf("image %s is %d bytes, the disk %d", d.File.Name(), st.Size(), d.Disk.Size)
+	}
+	dir := filepath.Join(w.dir, "blobs", "sha256")
+	f, err := os.CreateTemp(dir, ".blob-*")
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer func() {
+		if f != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	dg := digest.SHA256.Digester()
+	if err := CopySparse(f, io.NewSectionReader(d.File, 0, st.Size()), dg.Hash()); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	desc := ocispec.Descriptor{MediaType: MediaTypeDisk, Digest: dg.Digest(), Size: st.Size()}
+	path := filepath.Join(dir, desc.Digest.Encoded())
+	if _, err := os.Stat(path); err == nil {
+		return desc, nil
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := f.Close(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	f = nil
+	w.bytes.Add(desc.Size)
+	return desc, nil
+}
+
+// CopySparse copies src to the start of dst, a new empty file, leaving
+// holes where src has zero pages, and feeds every byte to sum if it is
+// not nil. dst ends with src's size.
+func CopySparse(dst *os.File, src io.Reader, sum io.Writer) error {
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := io.ReadFull(src, buf)
+		if n > 0 {
+			b := buf[:n]
+			if sum != nil {
+				sum.Write(b)
+			}
+			for p := 0; p < n; p += PageSize {
+				page := b[p:min(p+PageSize, n)]
+				if isZero(page) && len(page) == PageSize {
+					continue
+				}
+				if _, werr := dst.WriteAt(page, off+int64(p)); werr != nil {
+					return werr
+				}
+			}
+			off += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return dst.Truncate(off)
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // putBlob writes a blob through fill, names it by its digest and returns
