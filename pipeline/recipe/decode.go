@@ -26,7 +26,8 @@ var schema = []struct {
 }{
 	{"", []string{"apiVersion", "name", "guest", "machine", "booted", "output"}},
 	{"guest", []string{"kernel", "initrd", "cmdline", "disk"}},
-	{"machine", []string{"memory", "cpus", "profile", "serial"}},
+	{"machine", []string{"memory", "cpus", "profile", "serial", "disks", "nic"}},
+	{"machine.disks", []string{"id", "image", "size", "read-only"}},
 	{"booted", []string{"console", "legacy-idle", "guest-signal", "settle", "timeout"}},
 	{"output", []string{"path", "signing-key"}},
 }
@@ -258,7 +259,42 @@ func (d *decoder) machine(n *yaml.Node) {
 			m.Profile = d.str(e)
 		case "serial":
 			m.Serial = d.boolean(e)
+		case "disks":
+			d.disks(e)
+		case "nic":
+			m.NIC = d.boolean(e)
 		}
+	}
+}
+
+// disks decodes machine.disks, a list of mappings. The keys of disk i
+// are reported as machine.disks[i].KEY.
+func (d *decoder) disks(list entry) {
+	if list.v.Kind != yaml.SequenceNode {
+		d.fail(list, "want a list of disks (- id: ...), got %s", describe(list.v))
+		return
+	}
+	m := &d.r.Machine
+	for i, n := range list.v.Content {
+		item := fmt.Sprintf("machine.disks[%d]", i)
+		d.r.Positions[item] = d.pos(n)
+		var disk Disk
+		for _, e := range d.mapping("machine.disks", n) {
+			delete(d.r.Positions, e.path)
+			e.path = item + "." + e.k.Value
+			d.r.Positions[e.path] = d.pos(e.v)
+			switch e.k.Value {
+			case "id":
+				disk.ID = d.str(e)
+			case "image":
+				disk.Image = d.path(e, false)
+			case "size":
+				disk.Size = d.size(e)
+			case "read-only":
+				disk.ReadOnly = d.boolean(e)
+			}
+		}
+		m.Disks = append(m.Disks, disk)
 	}
 }
 

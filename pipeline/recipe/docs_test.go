@@ -3,6 +3,7 @@ package recipe
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -47,7 +48,7 @@ func TestDefaultRecipe(t *testing.T) {
 	if r.Guest != want {
 		t.Errorf("guest = %+v, want %+v", r.Guest, want)
 	}
-	if r.Machine != (Machine{Memory: 512 << 20, CPUs: 2, Profile: ProfileFull, Serial: true}) {
+	if !reflect.DeepEqual(r.Machine, Machine{Memory: 512 << 20, CPUs: 2, Profile: ProfileFull, Serial: true}) {
 		t.Errorf("machine = %+v", r.Machine)
 	}
 	b := r.Booted

@@ -46,7 +46,13 @@ const (
 	MinLegacyIdle = 100 * time.Millisecond
 	MaxNameLen    = 63
 	MaxCmdlineLen = memory.CmdlineMax - 1 // the kernel also needs the NUL
+	MaxDisks      = 4                     // the inventory's virtio-blk slots
+	MaxDiskIDLen  = 20                    // virtio-blk's serial number
+	MinNewDisk    = 40 << 20              // FAT32 needs 65,525 clusters
+	MaxNewDisk    = 1 << 40
 )
+
+var validDiskID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
 var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 
@@ -90,6 +96,17 @@ type Machine struct {
 	CPUs    int
 	Profile string // device profile; always ProfileFull
 	Serial  bool   // COM1 serial console; true unless the recipe says false
+	Disks   []Disk // virtio-blk disks, in the guest's order
+	NIC     bool   // a virtio-net NIC, disconnected during the build
+}
+
+// Disk is a virtio-blk disk of the machine: a copy of an image file, or
+// a new disk of Size bytes with an MBR and one FAT32 partition.
+type Disk struct {
+	ID       string // the guest's serial number of the disk
+	Image    string // absolute path; empty for a new disk
+	Size     uint64 // bytes of a new disk; 0 with Image
+	ReadOnly bool
 }
 
 // Booted says when the guest counts as booted. Exactly one of Console,

@@ -128,6 +128,10 @@ output: {path: /abs/x.bbsnap, signing-key: /abs/k}
 `, func(r *Recipe) bool {
 			return r.Guest.Kernel == filepath.Join(r.Dir, "vmlinuz") && r.Guest.Initrd == "" && r.Machine.CPUs == 2 && r.Output.Path == "/abs/x.bbsnap"
 		}},
+		{"disks and nic", edit(t, "  cpus: 2", "  cpus: 2\n  disks:\n    - id: data\n      size: 64M\n    - {id: base-1, image: images/base.img, read-only: true}\n  nic: true"),
+			func(r *Recipe) bool {
+				return reflect.DeepEqual(r.Machine.Disks, []Disk{{ID: "data", Size: 64 << 20}, {ID: "base-1", Image: filepath.Join(r.Dir, "images", "base.img"), ReadOnly: true}}) && r.Machine.NIC
+			}},
 		{"document markers", "---\n" + base + "...\n", nil},
 		{"anchor without alias", edit(t, "  kernel: default", "  kernel: &k default"), nil},
 	} {
@@ -171,6 +175,26 @@ func TestParseErrors(t *testing.T) {
 			[]string{`t.yaml:10:3: merge keys (<<) are not supported in machine; write the keys out`}},
 		{"non-string key", edit(t, "  cpus: 2", "  cpus: 2\n  1: x"),
 			[]string{`t.yaml:10:3: want a key name in machine, got the integer 1`}},
+
+		// Disks.
+		{"disks not a list", edit(t, "  cpus: 2", "  cpus: 2\n  disks: data"),
+			[]string{`t.yaml:10:10: machine.disks: want a list of disks (- id: ...), got the string "data"`}},
+		{"disk key unknown", edit(t, "  cpus: 2", "  cpus: 2\n  disks:\n    - id: a\n      sise: 64M"), []string{
+			`t.yaml:11:7: machine.disks[0]: disk 0 needs an image (a raw image file to copy) or a size (a new FAT32 disk)`,
+			`t.yaml:12:7: unknown key "sise" in machine.disks (did you mean "size"?)`,
+		}},
+		{"disk without id, duplicate id", edit(t, "  cpus: 2", "  cpus: 2\n  disks:\n    - size: 64M\n    - {id: a, size: 64M}\n    - {id: a, size: 64M}"), []string{
+			`t.yaml:11:7: machine.disks[0]: disk 0 has no id (the serial number the guest sees, such as data)`,
+			`t.yaml:13:12: machine.disks[2].id: "a" is also the id of disk 1`,
+		}},
+		{"disk image and size", edit(t, "  cpus: 2", "  cpus: 2\n  disks:\n    - {id: a, size: 64M, image: x.img}"),
+			[]string{`t.yaml:11:21: machine.disks[0].size: give an image or a size, not both`}},
+		{"disk too small, bad id", edit(t, "  cpus: 2", "  cpus: 2\n  disks:\n    - {id: A_1, size: 8M}"), []string{
+			`t.yaml:11:12: machine.disks[0].id: "A_1": want up to 20 bytes of [a-z0-9-], starting with a letter or digit`,
+			`t.yaml:11:23: machine.disks[0].size: 8M is out of range; a new FAT32 disk is 40M to 1024G`,
+		}},
+		{"too many disks", edit(t, "  cpus: 2", "  cpus: 2\n  disks: [{id: a, size: 64M}, {id: b, size: 64M}, {id: c, size: 64M}, {id: d, size: 64M}, {id: e, size: 64M}]"),
+			[]string{`t.yaml:10:3: machine.disks: 5 disks; the machine has 4 virtio-blk slots`}},
 
 		// Wrong types.
 		{"string for integer", edit(t, "  cpus: 2", "  cpus: two"),

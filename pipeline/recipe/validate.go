@@ -145,11 +145,51 @@ func (v *validator) machine() {
 	if v.check("machine.cpus", m.CPUs != 0, true) && (m.CPUs < 1 || m.CPUs > MaxCPUs) {
 		v.errorf("machine.cpus", "%d is out of range; want 1 to %d", m.CPUs, MaxCPUs)
 	}
+	if !v.bad("machine.disks") {
+		v.disks()
+	}
 	if !v.bad("machine.profile") && m.Profile != ProfileFull {
 		if m.Profile == "minimal" {
 			v.errorf("machine.profile", "%q is the production device set, which cannot boot a guest; builds boot on %q", m.Profile, ProfileFull)
 		} else {
 			v.errorf("machine.profile", "unknown profile %q; builds boot on %q", m.Profile, ProfileFull)
+		}
+	}
+}
+
+func (v *validator) disks() {
+	disks := v.r.Machine.Disks
+	if len(disks) > MaxDisks {
+		v.errorf("machine.disks", "%d disks; the machine has %d virtio-blk slots", len(disks), MaxDisks)
+	}
+	seen := map[string]int{}
+	for i, d := range disks {
+		key := fmt.Sprintf("machine.disks[%d]", i)
+		if v.bad(key) {
+			continue
+		}
+		switch {
+		case d.ID == "":
+			v.errorf(key, "disk %d has no id (the serial number the guest sees, such as data)", i)
+		case len(d.ID) > MaxDiskIDLen || !validDiskID.MatchString(d.ID):
+			v.errorf(key+".id", "%q: want up to %d bytes of [a-z0-9-], starting with a letter or digit", d.ID, MaxDiskIDLen)
+		default:
+			if j, dup := seen[d.ID]; dup {
+				v.errorf(key+".id", "%q is also the id of disk %d", d.ID, j)
+			}
+			seen[d.ID] = i
+		}
+		switch {
+		case d.Image == "" && d.Size == 0:
+			v.errorf(key, "disk %d needs an image (a raw image file to copy) or a size (a new FAT32 disk)", i)
+		case d.Image != "" && d.Size != 0:
+			v.errorf(key+".size", "give an image or a size, not both")
+		case d.Image != "":
+			v.path(key+".image", d.Image, false)
+		case d.Size < MinNewDisk || d.Size > MaxNewDisk:
+			v.errorf(key+".size", "%s is out of range; a new FAT32 disk is %s to %s", formatSize(d.Size), formatSize(MinNewDisk), formatSize(MaxNewDisk))
+		case d.Size%MemoryAlign != 0:
+			v.errorf(key+".size", "%s is not a whole number of MiB", formatSize(d.Size))
 		}
 	}
 }
