@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/diskimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/guestimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
@@ -101,7 +103,10 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	}
 	defer os.RemoveAll(dir)
 	spec := StageSpec{Kernel: kernel, Initrd: initrd, Cmdline: r.Guest.Cmdline, Memory: r.Machine.Memory, CPUs: r.Machine.CPUs,
-		LegacyIdle: r.Booted.LegacyIdle, Settle: r.Booted.Settle, Timeout: r.Booted.Timeout}
+		LegacyIdle: r.Booted.LegacyIdle, Settle: r.Booted.Settle, Timeout: r.Booted.Timeout, NIC: r.Machine.NIC}
+	if spec.Disks, err = makeDisks(dir, r, p); err != nil {
+		return nil, err
+	}
 	switch {
 	case r.Booted.Console != nil:
 		spec.Console = r.Booted.Console.String()
@@ -150,7 +155,7 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 		return nil, fmt.Errorf("boot stage output %s: missing or malformed (%v)", TimingFile, err)
 	}
 	signStart := time.Now()
-	sum, err := writeArtifact(ctx, dir, r.Output.Path, r.Machine.Memory, cfg, key)
+	sum, err := writeArtifact(ctx, dir, r.Output.Path, r.Machine.Memory, spec.Disks, cfg, key)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +236,7 @@ func consoleTail(dir string) string {
 // writeArtifact turns the boot stage's output in dir into a signed
 // artifact. The stage's files are untrusted: their sizes are checked
 // against the recipe before anything is read.
-func writeArtifact(ctx context.Context, dir, out string, memSize uint64, cfg snapshots.Config, key ed25519.PrivateKey) (*snapshots.Written, error) {
+func writeArtifact(ctx context.Context, dir, out string, memSize uint64, disks []StageDisk, cfg snapshots.Config, key ed25519.PrivateKey) (*snapshots.Written, error) {
 	stateJSON, err := readBounded(filepath.Join(dir, StateFile), maxStateSize)
 	if err != nil {
 		return nil, fmt.Errorf("boot stage output: %w", err)
@@ -262,7 +267,47 @@ func writeArtifact(ctx context.Context, dir, out string, memSize uint64, cfg sna
 		defer unmap()
 		c.Memory = append(c.Memory, snapshots.MemRegion{GPA: r.GPA, Data: data})
 	}
+	for _, d := range disks {
+		f, err := os.Open(filepath.Join(dir, d.File))
+		if err != nil {
+			return nil, fmt.Errorf("boot stage output: %w", err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("boot stage output: disk %s is not a regular file", d.File)
+		}
+		c.Disks = append(c.Disks, snapshots.DiskImage{Disk: snapshots.Disk{ID: d.ID, Size: uint64(st.Size()), ReadOnly: d.ReadOnly}, File: f})
+	}
 	return snapshots.Write(ctx, out, c, key)
+}
+
+// makeDisks makes the recipe's disks in the stage directory: copies of
+// given images (the files themselves are never written) and new FAT32
+// disks.
+func makeDisks(dir string, r *recipe.Recipe, p *progress) ([]StageDisk, error) {
+	var out []StageDisk
+	for i, d := range r.Machine.Disks {
+		name := fmt.Sprintf("disk-%d.img", i)
+		path := filepath.Join(dir, name)
+		key := fmt.Sprintf("machine.disks[%d]", i)
+		if d.Image != "" {
+			if err := diskimage.Copy(path, d.Image); err != nil {
+				return nil, fmt.Errorf("%v: %w", r.Pos(key+".image"), err)
+			}
+			p.step("disk %s: a copy of %s", d.ID, d.Image)
+		} else {
+			if err := diskimage.NewFAT32(path, d.Size, strings.ToUpper(d.ID)); err != nil {
+				return nil, fmt.Errorf("%v: %w", r.Pos(key+".size"), err)
+			}
+			p.step("disk %s: new, %d MiB, MBR with one FAT32 partition", d.ID, d.Size>>20)
+		}
+		out = append(out, StageDisk{File: name, ID: d.ID, ReadOnly: d.ReadOnly})
+	}
+	return out, nil
 }
 
 func readBounded(path string, max int64) ([]byte, error) {

@@ -36,6 +36,18 @@ type StageSpec struct {
 
 	Settle  time.Duration `json:"settle"`
 	Timeout time.Duration `json:"timeout"`
+
+	// Disks are the machine's disks, files in the stage directory that
+	// the parent made; NIC adds a disconnected NIC.
+	Disks []StageDisk `json:"disks,omitempty"`
+	NIC   bool        `json:"nic,omitempty"`
+}
+
+// StageDisk is a disk of the boot stage.
+type StageDisk struct {
+	File     string `json:"file"` // a name in the stage directory
+	ID       string `json:"id"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Files in a boot stage's output directory.
@@ -43,9 +55,13 @@ const (
 	SpecFile    = "spec.json"
 	StateFile   = "state.json"
 	ConsoleFile = "console.log"
-	VMMLogFile  = "vmm.log"
-	TimingFile  = "timing.json"
-	memoryFile  = "memory-%d.raw"
+	// OtherConsoleFile has the output of the console that is not the
+	// guest's /dev/console (the serial port when it is hvc0): kernel
+	// messages, again.
+	OtherConsoleFile = "console-other.log"
+	VMMLogFile       = "vmm.log"
+	TimingFile       = "timing.json"
+	memoryFile       = "memory-%d.raw"
 )
 
 // maxStateSize bounds the state file the parent reads from the child.
@@ -99,11 +115,35 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 			return err
 		}
 	}
+	for _, d := range spec.Disks {
+		if d.File != filepath.Base(d.File) || d.File == "." || d.File == ".." {
+			return fmt.Errorf("stage spec: disk file %q is not a name in the stage directory", d.File)
+		}
+		flag := os.O_RDWR
+		if d.ReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(filepath.Join(dir, d.File), flag, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.Disks = append(cfg.Disks, machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID})
+	}
+	if spec.NIC {
+		cfg.NIC = &machine.NIC{} // disconnected: nothing leaves the build
+	}
 	consoleLog, err := os.Create(filepath.Join(dir, ConsoleFile))
 	if err != nil {
 		return err
 	}
 	defer consoleLog.Close()
+	otherLog, err := os.Create(filepath.Join(dir, OtherConsoleFile))
+	if err != nil {
+		return err
+	}
+	defer otherLog.Close()
+	cfg.OtherConsoleOut = otherLog
 
 	start := time.Now()
 	s, err := session.Start(ctx, cfg, consoleLog)

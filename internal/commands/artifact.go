@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
+	vnet "github.com/bunkerbuild/bunkerbuild/vmm/devices/virtio/net"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
@@ -126,6 +128,8 @@ func Resume() *cli.Command {
 			&cli.StringFlag{Name: "run", Usage: "instead of connecting the console to this terminal, run this shell command in the guest, print its output and power the guest off"},
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "with --run: give up after this long"},
 			&cli.BoolFlag{Name: "copy-memory", Usage: "copy guest memory out of the artifact instead of mapping it copy-on-write (no sharing between guests; the artifact may change once the guest runs)"},
+			&cli.StringSliceFlag{Name: "disk", Usage: "ID=PATH: make the writable copy of the captured disk ID at PATH, which must not exist, and keep it (repeatable); disks not named are copied to a temporary directory and removed at exit"},
+			&cli.StringFlag{Name: "tap", Usage: "attach the guest's NIC to this tap device (it must exist, in this network namespace); without it the NIC stays disconnected"},
 		}, registryFlags()...), cacheDirFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -140,12 +144,24 @@ func Resume() *cli.Command {
 				return err
 			}
 			cfg.SerialConsole = c.Bool("serial")
+			opts := resume.Options{CopyMemory: c.Bool("copy-memory")}
+			if opts.Disks, err = diskPaths(c.StringSlice("disk")); err != nil {
+				return err
+			}
 			dir, err := fetchForResume(c, c.Args().First(), pub)
 			if err != nil {
 				return err
 			}
+			if name := c.String("tap"); name != "" {
+				tap, err := vnet.OpenTap(name)
+				if err != nil {
+					return UsageError("--tap: %v", err)
+				}
+				defer tap.Close()
+				opts.NIC = tap
+			}
 			create := func(cfg machine.Config) (*machine.Machine, error) {
-				r, err := resume.ArtifactWith(dir, pub, cfg, resume.Options{CopyMemory: c.Bool("copy-memory")})
+				r, err := resume.ArtifactWith(dir, pub, cfg, opts)
 				if err != nil {
 					return nil, artifactErr(err)
 				}
@@ -176,4 +192,20 @@ func Resume() *cli.Command {
 			return runConsole(c.Context, cfg, create, c.Bool("report"), needsBoot)
 		},
 	}
+}
+
+// diskPaths parses --disk ID=PATH flags.
+func diskPaths(flags []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, f := range flags {
+		id, path, ok := strings.Cut(f, "=")
+		if !ok || id == "" || path == "" {
+			return nil, UsageError("--disk %q: want ID=PATH", f)
+		}
+		if _, dup := out[id]; dup {
+			return nil, UsageError("--disk: disk %q named twice", id)
+		}
+		out[id] = path
+	}
+	return out, nil
 }

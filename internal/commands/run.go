@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/internal/units"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
+	vnet "github.com/bunkerbuild/bunkerbuild/vmm/devices/virtio/net"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
@@ -50,6 +52,8 @@ func Run() *cli.Command {
 			&cli.StringFlag{Name: "kernel", Required: true, Usage: "bzImage to boot"},
 			&cli.StringFlag{Name: "initrd", Usage: "initramfs to load"},
 			&cli.StringFlag{Name: "cmdline", Value: DefaultCmdline, Usage: "kernel command line"},
+			&cli.StringSliceFlag{Name: "disk", Usage: "PATH[:ro]: a raw disk image as the next virtio-blk disk, its ID disk0, disk1, ... (repeatable; :ro offers it read-only)"},
+			&cli.StringFlag{Name: "tap", Usage: "add a virtio-net NIC on this tap device (it must exist, in this network namespace)"},
 		}, VMFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -58,6 +62,27 @@ func Run() *cli.Command {
 			cfg, err := MachineConfig(c, c.String("kernel"), c.String("initrd"), c.String("cmdline"))
 			if err != nil {
 				return err
+			}
+			for i, d := range c.StringSlice("disk") {
+				path, ro := strings.CutSuffix(d, ":ro")
+				flag := os.O_RDWR
+				if ro {
+					flag = os.O_RDONLY
+				}
+				f, err := os.OpenFile(path, flag, 0)
+				if err != nil {
+					return UsageError("--disk: %v", err)
+				}
+				defer f.Close()
+				cfg.Disks = append(cfg.Disks, machine.Disk{File: f, ReadOnly: ro, ID: fmt.Sprintf("disk%d", i)})
+			}
+			if name := c.String("tap"); name != "" {
+				tap, err := vnet.OpenTap(name)
+				if err != nil {
+					return UsageError("--tap: %v", err)
+				}
+				defer tap.Close()
+				cfg.NIC = &machine.NIC{Link: tap}
 			}
 			return RunInteractive(c.Context, cfg, c.Bool("report"))
 		},

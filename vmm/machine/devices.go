@@ -2,7 +2,6 @@ package machine
 
 import (
 	"fmt"
-	"io"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
@@ -28,9 +27,12 @@ func (m *Machine) attachDevices() error {
 	if err := m.legacyDevices(devs); err != nil {
 		return err
 	}
+	if err := m.pciDevices(devs, !m.restored); err != nil {
+		return err
+	}
 	for _, e := range m.entries() {
-		if e.InKernel {
-			continue
+		if e.InKernel || e.Space == inventory.SpacePCI {
+			continue // KVM's, or behind the PCI host
 		}
 		d, ok := devs[e.ID]
 		if !ok {
@@ -111,11 +113,12 @@ func (m *Machine) consoleDevices(devs deviceSet) error {
 	if !m.offersEntry(inventory.COM1) {
 		return nil
 	}
-	out := m.cfg.ConsoleOut
-	if out == nil {
-		out = io.Discard
+	out := m.consoleOut(inputSerial)
+	in := m.cfg.ConsoleIn
+	if m.input != inputSerial {
+		in = nil
 	}
-	u := serial.New(m.irqLine(inventory.COM1), m.cfg.ConsoleIn, out)
+	u := serial.New(m.irqLine(inventory.COM1), in, out)
 	m.close = append(m.close, u.Close)
 	m.uart = u
 	devs[inventory.COM1] = u

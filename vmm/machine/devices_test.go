@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"log"
+	"slices"
 	"testing"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
@@ -50,9 +51,29 @@ func TestRegistrationFollowsInventory(t *testing.T) {
 	}{{inventory.Full, false}, {inventory.Minimal, false}, {inventory.Minimal, true}} {
 		m := devicesOnly(t, tc.p, tc.serial)
 		want := map[inventory.ID]bool{}
+		var pciWant []inventory.ID
 		for _, e := range m.entries() {
-			if !e.InKernel || e.Space == inventory.SpaceMSR {
+			switch {
+			case e.Space == inventory.SpacePCI:
+				pciWant = append(pciWant, e.ID)
+			case !e.InKernel || e.Space == inventory.SpaceMSR:
 				want[e.ID] = true
+			}
+		}
+		// PCI functions sit behind the host bridge's entries: the bridge
+		// itself, and each virtio device the machine was given in its
+		// inventory slot (entropy and console always; no disk or NIC here).
+		pciGot := []inventory.ID{inventory.PCIHostBridge}
+		for _, f := range m.functions {
+			e := inventory.MustGet(f.id)
+			if uint64(f.slot) < e.Base || uint64(f.slot) >= e.End() {
+				t.Errorf("%v: %s in slot %d, outside its inventory slots %v", tc.p, f.id, f.slot, e)
+			}
+			pciGot = append(pciGot, f.id)
+		}
+		for _, id := range []inventory.ID{inventory.PCIHostBridge, inventory.VirtioEntropy, inventory.VirtioConsole} {
+			if !slices.Contains(pciWant, id) || !slices.Contains(pciGot, id) {
+				t.Errorf("%v: PCI function %s offered %v, attached %v", tc.p, id, slices.Contains(pciWant, id), slices.Contains(pciGot, id))
 			}
 		}
 		got := map[inventory.ID]bool{}

@@ -26,6 +26,7 @@ type deviceLayer struct {
 	Clock   kvm.ClockData `json:"clock"`
 	PM      acpipm.State  `json:"acpi_pm"`
 	Serial  *serial.State `json:"serial,omitempty"`
+	PCI     *PCIState     `json:"pci,omitempty"`
 }
 
 // MarshalLayers encodes st as two parts: the vCPUs' state and the
@@ -35,7 +36,7 @@ func (st *State) MarshalLayers() (vcpus, devices []byte, err error) {
 		return nil, nil, err
 	}
 	devices, err = json.Marshal(deviceLayer{Version: st.Version, CPUs: st.CPUs, Memory: st.Memory,
-		IOAPIC: st.IOAPIC, Clock: st.Clock, PM: st.PM, Serial: st.Serial})
+		IOAPIC: st.IOAPIC, Clock: st.Clock, PM: st.PM, Serial: st.Serial, PCI: st.PCI})
 	return vcpus, devices, err
 }
 
@@ -55,5 +56,5 @@ func UnmarshalLayers(vcpus, devices []byte) (*State, error) {
 		return nil, fmt.Errorf("vCPU state version %d, device state version %d", v.Version, d.Version)
 	}
 	return &State{Version: d.Version, CPUs: d.CPUs, Memory: d.Memory, VCPUs: v.VCPUs,
-		IOAPIC: d.IOAPIC, Clock: d.Clock, PM: d.PM, Serial: d.Serial}, nil
+		IOAPIC: d.IOAPIC, Clock: d.Clock, PM: d.PM, Serial: d.Serial, PCI: d.PCI}, nil
 }

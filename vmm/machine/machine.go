@@ -16,7 +16,9 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/bootset"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/ioapic"
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/pci"
 	"github.com/bunkerbuild/bunkerbuild/vmm/devices/serial"
+	vnet "github.com/bunkerbuild/bunkerbuild/vmm/devices/virtio/net"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
@@ -48,9 +50,16 @@ type Config struct {
 	Initrd  Image // optional
 	Cmdline string
 
-	// Console is the serial console's host side. A nil Input reads nothing.
-	ConsoleIn  io.Reader
-	ConsoleOut io.Writer
+	// ConsoleIn and ConsoleOut are the host side of the guest's console:
+	// the serial port or virtio-console's hvc0, whichever the guest's
+	// /dev/console is (the last console= of the command line; the
+	// snapshot remembers it). A nil ConsoleIn reads nothing.
+	// OtherConsoleOut, if set, receives the other console's output: the
+	// kernel writes its messages to every console, and two consoles on
+	// one writer would interleave mid-line.
+	ConsoleIn       io.Reader
+	ConsoleOut      io.Writer
+	OtherConsoleOut io.Writer
 
 	// Log receives the VMM's own messages (denied accesses, ...).
 	Log *log.Logger
@@ -63,6 +72,12 @@ type Config struct {
 	// minimal profile: its ACPI tables then tell the guest not to use the
 	// i8042 and the RTC, which vanish at the handoff (see acpi.Config).
 	Handoff bool
+
+	// Disks are the virtio-blk disks, in slot order; NIC, if set, adds
+	// the virtio-net device. A restored machine must be given the devices
+	// its snapshot has.
+	Disks []Disk
+	NIC   *NIC
 
 	// RecordMSRs sends every guest MSR access through userspace and
 	// counts it, to learn which MSRs a guest uses. Slow; for discovery.
@@ -141,6 +156,13 @@ type Machine struct {
 	pm     *acpipm.PM
 	uart   *serial.UART // nil without a serial console
 	boot   bootset.Set  // the boot-time devices; nil on the minimal profile
+
+	pci       *pci.Host
+	bridge    *pci.Endpoint
+	functions []pciFunction
+	nic       *vnet.Device
+	input     consoleInput // the console that gets ConsoleIn
+	restored  bool         // created by Restore: the devices start in Run
 	// raise sets the level of a GSI of KVM's irqchip (vm.IRQLine).
 	raise func(gsi uint32, high bool) error
 	cpus  []*vcpu.VCPU
@@ -162,6 +184,7 @@ func New(cfg Config) (_ *Machine, err error) {
 	if err != nil {
 		return nil, err
 	}
+	m.input = inputFor(cfg.Cmdline)
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -277,6 +300,18 @@ func (s splitSink) SetRoutes(routes []ioapic.Route) error {
 
 func (s splitSink) Fire(pin int) error { return s.vm.IRQLine(uint32(pin), true) }
 
+// consoleOut returns where console c's output goes.
+func (m *Machine) consoleOut(c consoleInput) io.Writer {
+	w := m.cfg.OtherConsoleOut
+	if c == m.input {
+		w = m.cfg.ConsoleOut
+	}
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
 // offers reports whether the machine's profile includes entry id.
 func (m *Machine) offers(id inventory.ID) bool {
 	return inventory.MustGet(id).In(m.cfg.Profile)
@@ -305,6 +340,11 @@ func (m *Machine) guestExit(e Exit) {
 // Run runs every vCPU until the guest powers off or reboots, ctx is done,
 // or a vCPU fails. It returns how the run ended.
 func (m *Machine) Run(ctx context.Context) (Exit, error) {
+	if m.restored {
+		if err := m.startPCI(); err != nil {
+			return ExitStopped, err
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(m.cpus))
 	for i, c := range m.cpus {
@@ -336,10 +376,12 @@ func (m *Machine) Pause() {
 	for _, c := range m.cpus {
 		c.Pause()
 	}
+	m.pausePCI()
 }
 
 // Resume lets paused vCPUs run again.
 func (m *Machine) Resume() {
+	m.resumePCI()
 	for _, c := range m.cpus {
 		c.Resume()
 	}
@@ -347,6 +389,14 @@ func (m *Machine) Resume() {
 
 // Stop makes Run return ExitStopped.
 func (m *Machine) Stop() { m.guestExit(ExitStopped) }
+
+// OnClose adds f to what Close releases, before the machine's own
+// resources: the files a caller opened for the machine's devices, say.
+func (m *Machine) OnClose(f func() error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.close = append(m.close, f)
+}
 
 // Close releases the VM, its devices and guest memory. Run must have
 // returned.

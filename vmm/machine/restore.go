@@ -25,9 +25,23 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	if inventory.MustGet(inventory.KernelPIC).In(cfg.Profile) {
 		return nil, fmt.Errorf("%w: restore onto profile %v: snapshots resume on a profile without the legacy interrupt controllers", ErrInvalid, cfg.Profile)
 	}
+	if st.PCI != nil && cfg.NIC == nil {
+		for _, d := range st.PCI.Devices {
+			if d.ID == inventory.VirtioNet {
+				// The guest has a NIC: it keeps it, disconnected. Its MAC
+				// comes from the snapshot.
+				cfg.NIC = &NIC{}
+			}
+		}
+	}
 	m, err := newMachine(cfg)
 	if err != nil {
 		return nil, err
+	}
+	m.restored = true
+	m.input = inputSerial
+	if st.PCI != nil && st.PCI.Input == inputVirtio {
+		m.input = inputVirtio
 	}
 	if st.Serial != nil && !cfg.SerialConsole {
 		m.cfg.Log.Printf("the snapshot had a serial console; resuming without one")
@@ -51,6 +65,9 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	m.pm.SetState(st.PM)
 	if m.uart != nil && st.Serial != nil {
 		m.uart.SetState(*st.Serial)
+	}
+	if err = m.restorePCI(st.PCI); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if err = m.createVCPUs(nil, st.VCPUs); err != nil {
 		return nil, err

@@ -13,7 +13,7 @@ import (
 )
 
 // StateVersion is the version of the State encoding.
-const StateVersion = 1
+const StateVersion = 2
 
 // VCPUState is the saved state of one vCPU.
 type VCPUState struct {
@@ -44,6 +44,7 @@ type State struct {
 	Clock  kvm.ClockData `json:"clock"`
 	PM     acpipm.State  `json:"acpi_pm"`
 	Serial *serial.State `json:"serial,omitempty"`
+	PCI    *PCIState     `json:"pci,omitempty"`
 }
 
 // NotQuiescentError says why a legacy device's state cannot be dropped.
@@ -87,6 +88,9 @@ func (m *Machine) Capture() (*State, error) {
 		return nil, err
 	}
 	st.PM = m.pm.State()
+	if st.PCI, err = m.savePCI(); err != nil {
+		return nil, err
+	}
 	if m.uart != nil {
 		s := m.uart.State()
 		st.Serial = &s

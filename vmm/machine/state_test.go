@@ -90,7 +90,7 @@ func TestStateLayersRoundTrip(t *testing.T) {
 	if _, err := UnmarshalLayers(vcpus, append(devices[:len(devices)-1:len(devices)-1], []byte(`,"extra":1}`)...)); err == nil {
 		t.Error("an unknown field in the device layer was accepted")
 	}
-	if _, err := UnmarshalLayers([]byte(`{"version":2,"vcpus":[]}`), devices); err == nil {
+	if _, err := UnmarshalLayers([]byte(`{"version":1,"vcpus":[]}`), devices); err == nil {
 		t.Error("layers of different versions were accepted")
 	}
 }

@@ -19,6 +19,12 @@ const (
 // here offers it and refuses a driver that does not accept it.
 const FeatureVersion1 = 1 << 32
 
+// FeatureIndirectDesc is VIRTIO_F_INDIRECT_DESC: a chain may be one
+// descriptor pointing at a table of them, so that a large request takes
+// one ring slot. Every device here offers it (Queue walks such tables
+// as hostile as direct chains).
+const FeatureIndirectDesc = 1 << 28
+
 // Status is the device status and feature negotiation every virtio
 // device shares, whatever its transport: the driver acknowledges the
 // device, reads the offered features, writes the subset it accepts, sets
@@ -32,8 +38,10 @@ type Status struct {
 }
 
 // NewStatus returns the negotiation state of a device offering features
-// (FeatureVersion1 is added).
-func NewStatus(offered uint64) *Status { return &Status{offered: offered | FeatureVersion1} }
+// (FeatureVersion1 and FeatureIndirectDesc are added).
+func NewStatus(offered uint64) *Status {
+	return &Status{offered: offered | FeatureVersion1 | FeatureIndirectDesc}
+}
 
 // Offered returns the features the device offers.
 func (s *Status) Offered() uint64 { return s.offered }
