@@ -42,7 +42,7 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/internal/guestproto"
 )
 
-const usage = "usage: bunkerguest info|uinit|ready|poweroff|reboot|count FILE|probe [--json] [--msr-module FILE]"
+const usage = "usage: bunkerguest info|uinit|ready|poweroff|reboot|count FILE|io FILE|io-check FILE|disk-bench DEV SECONDS|net-send HOST:PORT SECONDS|probe [--json] [--msr-module FILE]"
 
 var errUsage = errors.New(usage)
 
@@ -62,8 +62,25 @@ func run(args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "probe" {
 		return probe(args[1:], stdout)
 	}
-	if len(args) == 2 && args[0] == "count" {
-		return count(args[1])
+	if len(args) == 2 {
+		switch args[0] {
+		case "count":
+			return count(args[1])
+		case "io":
+			return ioWriter(args[1])
+		case "io-check":
+			return ioCheck(args[1], stdout)
+		}
+	}
+	if len(args) == 3 && (args[0] == "disk-bench" || args[0] == "net-send") {
+		secs, err := seconds(args[2])
+		if err != nil {
+			return err
+		}
+		if args[0] == "disk-bench" {
+			return diskBench(args[1], secs, stdout)
+		}
+		return netSend(args[1], secs, stdout)
 	}
 	if len(args) != 1 {
 		return errUsage
@@ -96,16 +113,30 @@ func uinit(stdout io.Writer) error {
 	if err != nil && !errors.Is(err, unix.ENOTTY) {
 		return fmt.Errorf("release controlling terminal: %w", err)
 	}
+	loadDeviceModules()
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
-		for _, f := range strings.Fields(string(b)) {
+		// Mounts first: the counter and the disk writer may write there.
+		fields := strings.Fields(string(b))
+		for _, f := range fields {
+			if spec, ok := strings.CutPrefix(f, guestproto.MountParam+"="); ok {
+				if err := mountSpec(spec); err != nil {
+					log.Print(err)
+				}
+			}
+		}
+		for _, f := range fields {
 			if file, ok := strings.CutPrefix(f, guestproto.CountParam+"="); ok {
-				if err := startCounter(file); err != nil {
+				if err := startHelper("count", file); err != nil {
+					log.Print(err)
+				}
+			}
+			if file, ok := strings.CutPrefix(f, guestproto.IOParam+"="); ok {
+				if err := startHelper("io", file); err != nil {
 					log.Print(err)
 				}
 			}
 		}
 	}
-	loadDeviceModules()
 	if err := printInfo(stdout); err != nil {
 		return err
 	}
@@ -145,19 +176,19 @@ func ready() error {
 	return err
 }
 
-// startCounter starts "bunkerguest count file" in its own session, with no
+// startHelper starts "bunkerguest CMD FILE" in its own session, with no
 // terminal, so that it outlives init's console handoff.
-func startCounter(file string) error {
+func startHelper(cmd, file string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	p, err := os.StartProcess(self, []string{self, "count", file}, &os.ProcAttr{
+	p, err := os.StartProcess(self, []string{self, cmd, file}, &os.ProcAttr{
 		Files: []*os.File{nil, nil, nil},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {
-		return fmt.Errorf("start counter: %w", err)
+		return fmt.Errorf("start %s: %w", cmd, err)
 	}
 	return p.Release()
 }

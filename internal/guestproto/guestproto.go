@@ -12,6 +12,17 @@ const ReadyLine = "BUNKERGUEST-READY"
 // FILE: a process whose progress shows across a snapshot.
 const CountParam = "bunkerguest.count"
 
+// MountParam, as MountParam=DEV:DIR:TYPE, makes bunkerguest uinit mount
+// DEV on DIR before it starts the counter and the disk writer, so that
+// a filesystem is mounted when the guest is captured.
+const MountParam = "bunkerguest.mount"
+
+// IOParam, as IOParam=FILE, makes bunkerguest uinit start a process that
+// writes numbered records into FILE fifty times a second, each made
+// durable (fdatasync) before the next, so that disk requests are in flight
+// whenever the guest is captured; "bunkerguest io-check FILE" checks them.
+const IOParam = "bunkerguest.io"
+
 // DeviceModules are the guest kernel's modules for the required devices
 // that the stock Debian kernel builds as modules, relative to its modules
 // directory and in load order (dependencies first). The default guest
