@@ -129,7 +129,8 @@ func Resume() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "with --run: give up after this long"},
 			&cli.BoolFlag{Name: "copy-memory", Usage: "copy guest memory out of the artifact instead of mapping it copy-on-write (no sharing between guests; the artifact may change once the guest runs)"},
 			&cli.StringSliceFlag{Name: "disk", Usage: "ID=PATH: make the writable copy of the captured disk ID at PATH, which must not exist, and keep it (repeatable); disks not named are copied to a temporary directory and removed at exit"},
-			&cli.StringFlag{Name: "tap", Usage: "attach the guest's NIC to this tap device (it must exist, in this network namespace); without it the NIC stays disconnected"},
+			&cli.StringFlag{Name: "tap", Usage: "attach the guest's NIC to this tap device; without it the NIC stays disconnected"},
+			&cli.StringFlag{Name: "netns", Usage: "with --tap: the network namespace the tap is in (a path such as /run/netns/NAME); the VMM itself stays in its own"},
 		}, registryFlags()...), cacheDirFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -153,12 +154,14 @@ func Resume() *cli.Command {
 				return err
 			}
 			if name := c.String("tap"); name != "" {
-				tap, err := vnet.OpenTap(name)
+				tap, err := openTap(c.String("netns"), name)
 				if err != nil {
 					return UsageError("--tap: %v", err)
 				}
 				defer tap.Close()
 				opts.NIC = tap
+			} else if c.IsSet("netns") {
+				return UsageError("--netns needs --tap")
 			}
 			create := func(cfg machine.Config) (*machine.Machine, error) {
 				r, err := resume.ArtifactWith(dir, pub, cfg, opts)
@@ -208,4 +211,12 @@ func diskPaths(flags []string) (map[string]string, error) {
 		out[id] = path
 	}
 	return out, nil
+}
+
+// openTap opens a tap, in the network namespace at ns if it is not "".
+func openTap(ns, name string) (*vnet.Tap, error) {
+	if ns == "" {
+		return vnet.OpenTap(name)
+	}
+	return vnet.OpenTapIn(ns, name)
 }

@@ -2,6 +2,7 @@ package net
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -107,4 +108,37 @@ func (t *Tap) SetOffloads(o Offloads) error {
 		return fmt.Errorf("virtio-net: tap %s: TUNSETOFFLOAD %#x: %w", t.name, flags, err)
 	}
 	return nil
+}
+
+// OpenTapIn opens the tap name inside the network namespace at nsPath (a
+// file such as /run/netns/NAME or /proc/PID/ns/net), so that a guest's
+// NIC joins that namespace's network while the VMM itself stays in its
+// own. A tap belongs to the namespace it was attached from, and its file
+// descriptor works from any thread afterwards. The attach runs on a
+// thread of its own, which is discarded afterwards rather than returned to
+// the Go runtime in the other namespace.
+func OpenTapIn(nsPath, name string) (*Tap, error) {
+	ns, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("virtio-net: network namespace %s: %w", nsPath, err)
+	}
+	defer unix.Close(ns)
+	type result struct {
+		tap *Tap
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread ends with the goroutine, so no other
+		// goroutine ever runs in the namespace it entered.
+		runtime.LockOSThread()
+		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("virtio-net: enter network namespace %s: %w", nsPath, err)}
+			return
+		}
+		t, err := OpenTap(name)
+		ch <- result{t, err}
+	}()
+	r := <-ch
+	return r.tap, r.err
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	stdnet "net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +164,41 @@ func TestTapRoundTrip(t *testing.T) {
 			t.Errorf("the tap got %d bytes of frame, want %d", n-HeaderSize, len(in))
 		}
 		break
+	}
+}
+
+// TestOpenTapIn: a tap opened in another network namespace lives there,
+// not in the caller's.
+func TestOpenTapIn(t *testing.T) {
+	nsPath := make(chan string)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // the thread ends with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			nsPath <- "skip: " + err.Error()
+			return
+		}
+		nsPath <- fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		<-release
+	}()
+	path := <-nsPath
+	defer close(release)
+	if strings.HasPrefix(path, "skip: ") {
+		t.Skip(path)
+	}
+	const name = "bbnstest0"
+	tap, err := OpenTapIn(path, name)
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOENT) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	if _, err := stdnet.InterfaceByName(name); err == nil {
+		t.Errorf("tap %s appeared in the caller's namespace", name)
+	}
+	if _, err := OpenTapIn("/nonexistent/ns", name); err == nil {
+		t.Error("a missing namespace was entered")
 	}
 }
