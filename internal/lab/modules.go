@@ -25,6 +25,7 @@ var moduleRoots = []moduleRoot{
 	{name: "kvm_intel", cpuFlag: "vmx"},
 	{name: "9pnet_virtio"},
 	{name: "9p"},
+	{name: "tun"}, // tap devices, for the virtio-net tests
 }
 
 type moduleRoot struct {

@@ -47,7 +47,7 @@ func TestResolveModules(t *testing.T) {
 	files := map[string]string{
 		"irqbypass": "irqbypass.ko.xz", "kvm": "kvm.ko.xz", "ccp": "ccp.ko.xz",
 		"kvm_amd": "kvm-amd.ko.xz", "kvm_intel": "kvm-intel.ko.xz",
-		"netfs": "netfs.ko.xz", "9pnet": "9pnet.ko.xz", "9pnet_virtio": "9pnet_virtio.ko.xz", "9p": "9p.ko.xz",
+		"netfs": "netfs.ko.xz", "9pnet": "9pnet.ko.xz", "9pnet_virtio": "9pnet_virtio.ko.xz", "9p": "9p.ko.xz", "tun": "tun.ko.xz",
 		"a": "a.ko", "b": "b.ko",
 	}
 	deps := map[string][]string{
@@ -69,7 +69,7 @@ func TestResolveModules(t *testing.T) {
 		wantErr string
 	}{
 		{name: "lab modules", roots: moduleRoots,
-			want: "irqbypass.ko.xz kvm.ko.xz ccp.ko.xz kvm-amd.ko.xz@svm kvm-intel.ko.xz@vmx 9pnet.ko.xz 9pnet_virtio.ko.xz netfs.ko.xz 9p.ko.xz"},
+			want: "irqbypass.ko.xz kvm.ko.xz ccp.ko.xz kvm-amd.ko.xz@svm kvm-intel.ko.xz@vmx 9pnet.ko.xz 9pnet_virtio.ko.xz netfs.ko.xz 9p.ko.xz tun.ko.xz"},
 		{name: "shared dependency loads once", roots: []moduleRoot{{name: "9pnet_virtio"}, {name: "9p"}, {name: "9pnet"}},
 			want: "9pnet.ko.xz 9pnet_virtio.ko.xz netfs.ko.xz 9p.ko.xz"},
 		{name: "dependency of a conditional root is unconditional", roots: []moduleRoot{{name: "kvm_intel", cpuFlag: "vmx"}, {name: "kvm"}},
