@@ -27,6 +27,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if ip := os.Getenv(envPeer); ip != "" {
+		os.Exit(servePeer(ip)) // the network peer, inside the test's namespace
+	}
 	machine.SetBootDevices(legacy.New)
 	if os.Getenv(lab.EnvInside) != "1" {
 		if err := prepareGuest(); err != nil {
