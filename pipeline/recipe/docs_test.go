@@ -44,11 +44,12 @@ func TestDefaultRecipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Guest{Kernel: Default, Initrd: Default, Cmdline: "console=ttyS0 reboot=k panic=-1 i8042.noaux quiet " + guestproto.CountParam + "=/tmp/count"}
+	want := Guest{Kernel: Default, Initrd: Default, Cmdline: "console=ttyS0 console=hvc0 reboot=k panic=-1 i8042.noaux quiet " + guestproto.MountParam + "=/dev/vda1:/mnt:vfat " + guestproto.CountParam + "=/tmp/count"}
 	if r.Guest != want {
 		t.Errorf("guest = %+v, want %+v", r.Guest, want)
 	}
-	if !reflect.DeepEqual(r.Machine, Machine{Memory: 512 << 20, CPUs: 2, Profile: ProfileFull, Serial: true}) {
+	if !reflect.DeepEqual(r.Machine, Machine{Memory: 512 << 20, CPUs: 2, Profile: ProfileFull, Serial: true,
+		Disks: []Disk{{ID: "data", Size: 64 << 20}}, NIC: true}) {
 		t.Errorf("machine = %+v", r.Machine)
 	}
 	b := r.Booted
