@@ -55,7 +55,7 @@ var benchLine = regexp.MustCompile(`(?m)^(seq-read|seq-write|rand-read-4k|rand-w
 // deviceRun boots one VMM in the namespace and runs the guest's disk and
 // network benchmarks, secs seconds each.
 func deviceRun(ctx context.Context, v deviceVMM, ns *testNetns, disk string, secs int) (deviceSample, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	argv := append([]string{"netns", "exec", ns.name}, v.argv(os.Getenv(envKernel), os.Getenv(envInitrd), disk, ns.tap)...)
 	cmd := exec.CommandContext(ctx, "ip", argv...)
@@ -85,6 +85,7 @@ func deviceRun(ctx context.Context, v deviceVMM, ns *testNetns, disk string, sec
 		fmt.Sprintf("bunkerguest disk-bench /dev/vda %d", secs),
 		fmt.Sprintf("bunkerguest net-send %s %d", peerNet, secs),
 	} {
+		note("devices: %s: %s", v.name, cmdline)
 		out, st, err := c.Run(ctx, cmdline)
 		if err != nil || st != 0 {
 			return fail(cmdline, fmt.Errorf("status %d, %v, output %q", st, err, out))

@@ -188,6 +188,8 @@ func netSend(addr string, secs int, stdout io.Writer) error {
 	defer c.Close()
 	buf := make([]byte, 64<<10)
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	// A stalled connection fails instead of hanging the benchmark.
+	c.SetWriteDeadline(deadline.Add(10 * time.Second))
 	start := time.Now()
 	var sent int64
 	for time.Now().Before(deadline) {
