@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // Memory is guest RAM as a queue sees it: Slice returns the host view of
@@ -108,13 +109,25 @@ func (q *Queue) Indices() (lastAvail, usedIdx uint16) { return q.lastAvail, q.us
 
 // TakeInterrupt reports whether the device returned chains since the
 // last call and the driver wants to hear of it.
+//
+// The driver clears VRING_AVAIL_F_NO_INTERRUPT, issues a full barrier and
+// then reads the used index, to catch chains returned meanwhile; so the
+// device must make its used-index store visible before it loads the
+// flags. x86 may reorder a store with a later load, which would lose the
+// interrupt (the driver sees the old index and sleeps; the device sees
+// the old flag and stays silent), so a locked instruction sits between
+// the two.
 func (q *Queue) TakeInterrupt() bool {
 	if !q.pushed || q.avail == nil {
 		return false
 	}
 	q.pushed = false
+	fence.Add(0) // a locked read-modify-write: a full barrier on amd64
 	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
 }
+
+// fence is the target of the full memory barrier in TakeInterrupt.
+var fence atomic.Int32
 
 // Pending reports whether the driver has made chains available that the
 // device has not popped.
