@@ -98,6 +98,16 @@ type Transport interface {
 	ConfigChanged()
 }
 
+// AsyncNotifier is a Backend some of whose queues are served off the
+// vCPU thread: a driver's kick of such a queue only wakes a goroutine of
+// the transport's, which runs Notify, so that the vCPU goes back to the
+// guest at once and the guest fills the queue while the device drains it
+// (virtio-net's transmit queue). Kicks that come while the goroutine is
+// busy are merged: Notify serves every chain available when it runs.
+type AsyncNotifier interface {
+	AsyncQueue(q int) bool
+}
+
 // ErrStopped is Do's answer once the device has reset or closed.
 var ErrStopped = errors.New("virtio: device stopped")
 
@@ -135,6 +145,11 @@ type PCIDevice struct {
 	queues  []*Queue
 	running bool // live: DRIVER_OK set, no reset since
 	paused  bool
+
+	kicks     []chan struct{} // per queue: wakes its goroutine; nil for queues served on the vCPU
+	quit      chan struct{}
+	workers   sync.WaitGroup
+	closeOnce sync.Once
 }
 
 type queueConfig struct {
@@ -179,7 +194,67 @@ func NewPCIDevice(backend Backend, mem Memory, sink pci.MSISink, log func(error)
 	}
 	ep.OnWrite = func(uint8, int) { d.MSIX.Update() }
 	d.resetRegisters()
+	d.quit = make(chan struct{})
+	d.kicks = make([]chan struct{}, len(sizes))
+	if a, ok := backend.(AsyncNotifier); ok {
+		for q := range sizes {
+			if a.AsyncQueue(q) {
+				d.kicks[q] = make(chan struct{}, 1)
+				d.workers.Add(1)
+				go d.serve(q)
+			}
+		}
+	}
 	return d, nil
+}
+
+// serve runs Notify for queue q whenever the driver kicked it.
+func (d *PCIDevice) serve(q int) {
+	defer d.workers.Done()
+	for {
+		select {
+		case <-d.kicks[q]:
+			d.drain(q)
+		case <-d.quit:
+			return
+		}
+	}
+}
+
+// drain serves queue q until it is empty with the driver's kicks turned
+// off: chains the driver adds while the device works cost the guest no
+// exit. Kicks are turned on again before the device stops looking.
+func (d *PCIDevice) drain(q int) {
+	for {
+		more := false
+		// Do reports a broken queue itself; a stopped device stops here.
+		err := d.Do(func(queues []*Queue) error {
+			vq := queues[q]
+			if vq == nil {
+				return nil
+			}
+			vq.SuppressKicks(true)
+			err := d.backend.Notify(q, queues)
+			more = vq.SuppressKicks(false)
+			return err
+		})
+		if err != nil || !more {
+			return
+		}
+	}
+}
+
+// kick serves a driver's notification of queue q: now, on this vCPU
+// thread, or by waking the queue's goroutine.
+func (d *PCIDevice) kick(q int) {
+	if ch := d.kicks[q]; ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default: // already woken: it serves this kick's chains too
+		}
+		return
+	}
+	d.notify(q)
 }
 
 // classFor returns the PCI class code virtio 1.x devices conventionally
@@ -255,9 +330,13 @@ func (d *PCIDevice) start(queues []*Queue, features uint64) {
 	}
 }
 
-// Close stops the backend's goroutines.
+// Close stops the backend's goroutines and the transport's.
 func (d *PCIDevice) Close() error {
-	d.stop()
+	d.closeOnce.Do(func() {
+		d.stop()
+		close(d.quit)
+		d.workers.Wait()
+	})
 	return nil
 }
 
@@ -339,7 +418,7 @@ func (d *PCIDevice) WriteBAR(bar int, off uint64, data []byte) {
 		d.work.Unlock()
 	}
 	if kick >= 0 {
-		d.notify(kick)
+		d.kick(kick)
 	}
 }
 

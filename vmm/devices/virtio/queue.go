@@ -126,6 +126,33 @@ func (q *Queue) TakeInterrupt() bool {
 	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
 }
 
+// usedNoNotify is VRING_USED_F_NO_NOTIFY: the device asks the driver not
+// to kick it, because it is draining the queue anyway.
+const usedNoNotify = 1
+
+// SuppressKicks tells the driver not to notify the device of new chains
+// (on) or to notify it again (off). Turning kicks back on returns whether
+// chains arrived meanwhile: the driver may have added them without a
+// kick, so the device must serve them. Like TakeInterrupt, it puts a full
+// barrier between its store to the used ring's flags and its load of the
+// available index, mirroring the driver's barrier between adding a chain
+// and reading the flags.
+func (q *Queue) SuppressKicks(on bool) (pending bool) {
+	if q.used == nil {
+		return false
+	}
+	var flags uint16
+	if on {
+		flags = usedNoNotify
+	}
+	binary.LittleEndian.PutUint16(q.used, flags)
+	if on {
+		return false
+	}
+	fence.Add(0)
+	return q.Pending()
+}
+
 // fence is the target of the full memory barrier in TakeInterrupt.
 var fence atomic.Int32
 

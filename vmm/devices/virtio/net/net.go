@@ -253,6 +253,11 @@ func (d *Device) logf(format string, args ...any) {
 	}
 }
 
+// AsyncQueue makes the transmit queue's kicks wake the transport's
+// goroutine instead of holding the vCPU while the packets are written:
+// the guest queues the next packets while the tap takes these.
+func (*Device) AsyncQueue(q int) bool { return q == txQueue }
+
 // Type is virtio's network device ID.
 func (*Device) Type() uint16 { return virtio.TypeNet }
 
