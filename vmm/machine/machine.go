@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"runtime"
 	"sync"
 
 	"github.com/bunkerbuild/bunkerbuild/vmm/boot/linux"
@@ -340,6 +341,7 @@ func (m *Machine) guestExit(e Exit) {
 // Run runs every vCPU until the guest powers off or reboots, ctx is done,
 // or a vCPU fails. It returns how the run ended.
 func (m *Machine) Run(ctx context.Context) (Exit, error) {
+	reserveProcs(len(m.cpus))
 	if m.restored {
 		if err := m.startPCI(); err != nil {
 			return ExitStopped, err
@@ -370,6 +372,22 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	m.exitOnce.Do(func() {}) // a host stop leaves ExitStopped
 	return m.exit, nil
 }
+
+// reserveProcs raises GOMAXPROCS by the vCPU count. A vCPU thread spends
+// its life in KVM_RUN, a system call during which its goroutine keeps
+// its P until sysmon takes it back; with as many Ps as CPUs, the device
+// goroutines (a tap's receive side, a transmit queue, console input) and
+// the network poller would wait for sysmon, whose period grows to 10 ms
+// when it finds nothing to do: every packet's round trip would cost that.
+func reserveProcs(vcpus int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if want := runtime.NumCPU() + vcpus; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
+}
+
+var procsMu sync.Mutex
 
 // Pause parks every vCPU at a clean point.
 func (m *Machine) Pause() {

@@ -37,10 +37,15 @@ type Status struct {
 	status   uint8
 }
 
+// FeatureEventIdx is VIRTIO_RING_F_EVENT_IDX: driver and device ask for
+// interrupts and kicks by ring index (used_event, avail_event), so that a
+// busy queue costs neither. Every device here offers it.
+const FeatureEventIdx = 1 << 29
+
 // NewStatus returns the negotiation state of a device offering features
-// (FeatureVersion1 and FeatureIndirectDesc are added).
+// (FeatureVersion1, FeatureIndirectDesc and FeatureEventIdx are added).
 func NewStatus(offered uint64) *Status {
-	return &Status{offered: offered | FeatureVersion1 | FeatureIndirectDesc}
+	return &Status{offered: offered | FeatureVersion1 | FeatureIndirectDesc | FeatureEventIdx}
 }
 
 // Offered returns the features the device offers.

@@ -605,7 +605,7 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) (action, error) {
 	case off == ccQueueMSIXVector && len(data) == 2:
 		q.vector = vectorOrNone(v, vectors)
 	case off == ccQueueEnable && len(data) == 2 && v == 1:
-		queue := &Queue{Size: q.size, Desc: q.desc, Avail: q.driver, Used: q.device}
+		queue := &Queue{Size: q.size, Desc: q.desc, Avail: q.driver, Used: q.device, EventIdx: d.status.Accepted()&FeatureEventIdx != 0}
 		if err := queue.Enable(d.mem); err != nil {
 			return action{}, fmt.Errorf("queue %d: %w", d.queueSel, err)
 		}
@@ -629,7 +629,7 @@ func (d *PCIDevice) enabledQueues() []*Queue {
 	qs := make([]*Queue, len(d.qcfg))
 	for i, c := range d.qcfg {
 		if c.enabled {
-			q := &Queue{Size: c.size, Desc: c.desc, Avail: c.driver, Used: c.device}
+			q := &Queue{Size: c.size, Desc: c.desc, Avail: c.driver, Used: c.device, EventIdx: d.status.Accepted()&FeatureEventIdx != 0}
 			if q.Enable(d.mem) == nil {
 				qs[i] = q
 			}
@@ -752,7 +752,7 @@ func (d *PCIDevice) SetState(st *State) error {
 		if !qs.Enabled {
 			continue
 		}
-		q := &Queue{Size: qs.Size, Desc: qs.Desc, Avail: qs.Driver, Used: qs.Device}
+		q := &Queue{Size: qs.Size, Desc: qs.Desc, Avail: qs.Driver, Used: qs.Device, EventIdx: st.Features&FeatureEventIdx != 0}
 		if err := q.Restore(d.mem, qs.LastAvail, qs.UsedIdx); err != nil {
 			return fmt.Errorf("virtio: saved queue %d: %w", i, err)
 		}

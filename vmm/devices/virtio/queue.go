@@ -41,12 +41,18 @@ var ErrBadChain = errors.New("virtqueue: bad descriptor chain")
 // Queue is a split virtqueue, as the driver configured it through the
 // transport.
 type Queue struct {
-	Size               uint16 // a power of two, 1 to MaxQueueSize
-	Desc, Avail, Used  uint64 // guest-physical addresses of the three parts
+	Size              uint16 // a power of two, 1 to MaxQueueSize
+	Desc, Avail, Used uint64 // guest-physical addresses of the three parts
+	// EventIdx says the driver accepted VIRTIO_RING_F_EVENT_IDX: it asks
+	// for interrupts and the device for kicks with the event indices at
+	// the ends of the rings, not with the rings' flags.
+	EventIdx bool
+
 	mem                Memory
 	desc, avail, used  []byte
 	lastAvail, usedIdx uint16
-	pushed             bool // chains returned since the last interrupt
+	signalled          uint16 // used index at the last interrupt decision
+	pushed             bool   // chains returned since the last interrupt decision
 }
 
 // availNoInterrupt is VRING_AVAIL_F_NO_INTERRUPT: the driver asks not to
@@ -90,6 +96,7 @@ func (q *Queue) Enable(mem Memory) error {
 	q.mem = mem
 	q.lastAvail = 0
 	q.usedIdx = binary.LittleEndian.Uint16(q.used[2:])
+	q.signalled = q.usedIdx
 	return nil
 }
 
@@ -99,7 +106,7 @@ func (q *Queue) Restore(mem Memory, lastAvail, usedIdx uint16) error {
 	if err := q.Enable(mem); err != nil {
 		return err
 	}
-	q.lastAvail, q.usedIdx = lastAvail, usedIdx
+	q.lastAvail, q.usedIdx, q.signalled = lastAvail, usedIdx, usedIdx
 	return nil
 }
 
@@ -117,12 +124,22 @@ func (q *Queue) Indices() (lastAvail, usedIdx uint16) { return q.lastAvail, q.us
 // interrupt (the driver sees the old index and sleeps; the device sees
 // the old flag and stays silent), so a locked instruction sits between
 // the two.
+//
+// With EventIdx the driver names instead the used index it wants to hear
+// of (used_event, after the available ring): the device interrupts when
+// the chains it returned since its last decision passed it.
 func (q *Queue) TakeInterrupt() bool {
 	if !q.pushed || q.avail == nil {
 		return false
 	}
 	q.pushed = false
 	fence.Add(0) // a locked read-modify-write: a full barrier on amd64
+	if q.EventIdx {
+		event := binary.LittleEndian.Uint16(q.avail[4+2*uint64(q.Size):])
+		old := q.signalled
+		q.signalled = q.usedIdx
+		return q.usedIdx-event-1 < q.usedIdx-old
+	}
 	return binary.LittleEndian.Uint16(q.avail)&availNoInterrupt == 0
 }
 
@@ -137,8 +154,11 @@ const usedNoNotify = 1
 // barrier between its store to the used ring's flags and its load of the
 // available index, mirroring the driver's barrier between adding a chain
 // and reading the flags.
+//
+// With EventIdx the flag means nothing to the driver; Pop asks for the
+// next kick when it finds the queue empty.
 func (q *Queue) SuppressKicks(on bool) (pending bool) {
-	if q.used == nil {
+	if q.used == nil || q.EventIdx {
 		return false
 	}
 	var flags uint16
@@ -171,7 +191,16 @@ func (q *Queue) Pop() (*Chain, error) {
 	}
 	availIdx := binary.LittleEndian.Uint16(q.avail[2:])
 	if availIdx == q.lastAvail {
-		return nil, nil
+		if !q.EventIdx {
+			return nil, nil
+		}
+		// Ask to be kicked for the next chain, then look once more: the
+		// driver may have added one before it saw the request.
+		binary.LittleEndian.PutUint16(q.used[4+8*uint64(q.Size):], q.lastAvail)
+		fence.Add(0)
+		if availIdx = binary.LittleEndian.Uint16(q.avail[2:]); availIdx == q.lastAvail {
+			return nil, nil
+		}
 	}
 	if uint16(availIdx-q.lastAvail) > q.Size {
 		return nil, fmt.Errorf("%w: available index moved %d past the last seen, more than the queue's %d", ErrBadChain, uint16(availIdx-q.lastAvail), q.Size)

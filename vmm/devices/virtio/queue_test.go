@@ -193,3 +193,65 @@ func FuzzQueue(f *testing.F) {
 		}
 	})
 }
+
+// TestEventIdx: with VIRTIO_RING_F_EVENT_IDX the device interrupts only
+// when its returned chains pass the driver's used_event, and publishes
+// avail_event when it finds the queue empty.
+func TestEventIdx(t *testing.T) {
+	r := make(ram, 0x10000)
+	q := &Queue{Size: 8, Desc: descAt, Avail: availAt, Used: usedAt, EventIdx: true}
+	if err := q.Enable(r); err != nil {
+		t.Fatal(err)
+	}
+	usedEvent := func(v uint16) { binary.LittleEndian.PutUint16(r[availAt+4+2*8:], v) }
+	availEvent := func() uint16 { return binary.LittleEndian.Uint16(r[usedAt+4+8*8:]) }
+	serve := func() {
+		for {
+			c, err := q.Pop()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c == nil {
+				return
+			}
+			q.Push(c, 0)
+		}
+	}
+	for i := range 4 {
+		r.desc(i, 0x4000, 16, descWrite, 0)
+	}
+	// The driver wants to hear when used index 2 is passed (event 1).
+	usedEvent(1)
+	r.offer(8, 0)
+	serve()
+	if q.TakeInterrupt() {
+		t.Error("interrupted at used index 1, before the driver's event")
+	}
+	if got := availEvent(); got != 1 {
+		t.Errorf("avail_event %d after the queue emptied at 1", got)
+	}
+	r.offer(8, 1)
+	serve()
+	if !q.TakeInterrupt() {
+		t.Error("no interrupt when the used index passed the driver's event")
+	}
+	// The driver's event is behind: no interrupt until it moves it.
+	r.offer(8, 2)
+	serve()
+	if q.TakeInterrupt() {
+		t.Error("interrupted again with used_event unchanged")
+	}
+	usedEvent(3) // the driver consumed up to 3: tell it of the next
+	r.offer(8, 3)
+	serve()
+	if !q.TakeInterrupt() {
+		t.Error("no interrupt after the driver moved used_event")
+	}
+	if got := availEvent(); got != 4 {
+		t.Errorf("avail_event %d, want 4", got)
+	}
+	// Kick suppression by flags does not apply.
+	if q.SuppressKicks(true); binary.LittleEndian.Uint16(r[usedAt:]) != 0 {
+		t.Error("the used ring's flags were set under EVENT_IDX")
+	}
+}
