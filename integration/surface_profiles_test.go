@@ -16,7 +16,11 @@ import (
 const (
 	maxMinimalLivePorts = 8  // not counting the opt-in COM1 console
 	maxMinimalMSRs      = 40 // readable, outside the x2APIC block
-	minReduction        = 0.9
+	// minReduction applies to the ports the profiles may differ in: the
+	// PCI configuration ports are in both by design (the virtio issue
+	// puts mechanism #1 in both profiles), so they are counted, and
+	// shown, but left out of the reduction.
+	minReduction = 0.9
 )
 
 var x2APIC = Range{0x800, 0x8ff}
@@ -37,6 +41,7 @@ func TestSurface(t *testing.T) {
 	// Live ports of each profile proper: the full profile's include its
 	// boot console, the minimal profile's leave out the opt-in addition.
 	live := map[inventory.Profile]int{}
+	livePCI := map[inventory.Profile]int{} // of which PCI configuration ports
 	for _, p := range []inventory.Profile{inventory.Full, inventory.Minimal} {
 		t.Run(p.String(), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -72,9 +77,13 @@ func TestSurface(t *testing.T) {
 			if out := probe.MSRsOutside(append(msrs, x2APIC)); len(out) > 0 {
 				t.Errorf("readable MSRs outside the %v inventory: %s", p, formatRanges(out))
 			}
+			pciAddr, pciData := inventory.MustGet(inventory.PCIConfigAddress), inventory.MustGet(inventory.PCIConfigData)
 			for _, pv := range probe.Ports {
 				if com1.In(p) || !com1.Contains(uint64(pv.Port)) {
 					live[p]++
+					if pciAddr.Contains(uint64(pv.Port)) || pciData.Contains(uint64(pv.Port)) {
+						livePCI[p]++
+					}
 				}
 			}
 			if p == inventory.Minimal {
@@ -105,10 +114,13 @@ func TestSurface(t *testing.T) {
 	printSurfaceTable(os.Stdout, rows)
 	fmt.Printf("QEMU: -accel kvm -cpu host -m 512 -smp 1 -serial stdio -append %q; ms: the guest's clock; wall: the host's, from typing the command to its end, output included\n", surfaceCmdline)
 	if full, min := live[inventory.Full], live[inventory.Minimal]; full > 0 {
+		fullOwn, minOwn := full-livePCI[inventory.Full], min-livePCI[inventory.Minimal]
 		red := 1 - float64(min)/float64(full)
-		fmt.Printf("live ports: full %d, minimal %d (without its opt-in console): %.1f%% fewer\n", full, min, 100*red)
-		if red < minReduction {
-			t.Errorf("minimal profile: %.1f%% fewer live ports than full, target at least %.0f%%", 100*red, 100*minReduction)
+		redOwn := 1 - float64(minOwn)/float64(max(fullOwn, 1))
+		fmt.Printf("live ports: full %d, minimal %d (without its opt-in console): %.1f%% fewer; without the PCI configuration ports both have (%d and %d): %d and %d, %.1f%% fewer\n",
+			full, min, 100*red, livePCI[inventory.Full], livePCI[inventory.Minimal], fullOwn, minOwn, 100*redOwn)
+		if redOwn < minReduction {
+			t.Errorf("minimal profile: %.1f%% fewer live ports than full, besides PCI configuration; target at least %.0f%%", 100*redOwn, 100*minReduction)
 		}
 	}
 }
