@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -26,6 +27,9 @@ import (
 //	    console-log: /var/log/bunkerhost/web.log       # optional; default stdout
 //	    restart: on-failure                            # or never
 //	    max-restarts: 3
+//	    disks: {data: /var/lib/bunkerhost/web-data.img}  # optional: writable copies to keep, by disk ID
+//	    tap: tap-web                                     # optional: the NIC's tap
+//	    netns: /run/netns/web                            # optional: the tap's network namespace
 //
 // Relative paths are relative to the config file's directory.
 type hostConfig struct {
@@ -52,6 +56,14 @@ type guestConfig struct {
 	Restart     string `yaml:"restart"`
 	MaxRestarts *int   `yaml:"max-restarts"`
 	Serial      *bool  `yaml:"serial"`
+	// Disks names where each captured disk's writable copy lives, by
+	// disk ID. A (re)start moves the previous copy to PATH.prev: every
+	// resume starts from the disk as captured.
+	Disks map[string]string `yaml:"disks"`
+	// Tap attaches the guest's NIC, in the network namespace Netns (a
+	// path such as /run/netns/NAME) if it is set.
+	Tap   string `yaml:"tap"`
+	Netns string `yaml:"netns"`
 }
 
 const apiVersion = "bunkerhost/v1"
@@ -117,6 +129,15 @@ func loadConfig(path string) (*hostConfig, error) {
 			bad("guest %s: no key: an artifact is resumed only against its builder's public key", g.Name)
 		}
 		g.Key, g.ConsoleLog = abs(g.Key), abs(g.ConsoleLog)
+		for id, p := range g.Disks {
+			if id == "" || p == "" || strings.Contains(id, "=") {
+				bad("guest %s: disks: %q: %q: want a disk ID and a path", g.Name, id, p)
+			}
+			g.Disks[id] = abs(p)
+		}
+		if g.Netns != "" && g.Tap == "" {
+			bad("guest %s: netns needs a tap", g.Name)
+		}
 		switch g.Restart {
 		case "":
 			g.Restart = "on-failure"

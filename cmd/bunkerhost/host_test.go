@@ -54,6 +54,13 @@ func TestLoadConfig(t *testing.T) {
 	if g.Key != filepath.Join(dir, "builder.pub") || c.Cache.Dir != filepath.Join(dir, "cache") || g.Restart != "on-failure" || *g.MaxRestarts != 3 {
 		t.Errorf("loaded %+v, guest %+v", c, g)
 	}
+	c, err = loadConfig(write(good + "    disks: {data: disks/web.img}\n    tap: tap-web\n    netns: /run/netns/web\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := c.Guests[0]; g.Disks["data"] != filepath.Join(dir, "disks", "web.img") || g.Tap != "tap-web" || g.Netns != "/run/netns/web" {
+		t.Errorf("devices of guest %+v", g)
+	}
 	for _, tc := range []struct{ name, body, want string }{
 		{"unknown key", good + "    colour: blue\n", "field colour not found"},
 		{"wrong version", strings.Replace(good, "bunkerhost/v1", "v0", 1), `apiVersion "v0"`},
@@ -64,6 +71,8 @@ func TestLoadConfig(t *testing.T) {
 		{"bad restart", good + "    restart: always\n", `restart "always"`},
 		{"bad size", strings.Replace(good, "max: 1G", "max: lots", 1), "cache.max"},
 		{"wrong type", good + "    max-restarts: many\n", "cannot unmarshal"},
+		{"netns without tap", good + "    netns: /run/netns/x\n", "netns needs a tap"},
+		{"disk without path", good + "    disks: {data: \"\"}\n", "want a disk ID and a path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := loadConfig(write(tc.body))
@@ -83,6 +92,8 @@ func TestSupervise(t *testing.T) {
 art="$(eval echo \${$#})"
 n=$(cat "$art.count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$art.count"
 echo "console of $art, run $n"
+# A disk named with --disk ID=PATH must not exist: the real resume makes it.
+for a in "$@"; do case "$a" in data=*) p="${a#data=}"; [ -e "$p" ] && exit 2; echo "run $n" > "$p";; esac; done
 case "$art" in
 *flaky) [ $n -le 2 ] && exit 1; exit 0 ;;
 *reboots) exit 5 ;;
@@ -94,7 +105,8 @@ esac
 	}
 	zero := 0
 	cfg := &hostConfig{Cache: cacheConfig{Dir: dir, Max: "1G"}, Guests: []guestConfig{
-		{Name: "flaky", Artifact: filepath.Join(dir, "flaky"), Key: "k", Restart: "on-failure", MaxRestarts: ptr(3)},
+		{Name: "flaky", Artifact: filepath.Join(dir, "flaky"), Key: "k", Restart: "on-failure", MaxRestarts: ptr(3),
+			Disks: map[string]string{"data": filepath.Join(dir, "flaky-data.img")}},
 		{Name: "reboots", Artifact: filepath.Join(dir, "reboots"), Key: "k", Restart: "on-failure", MaxRestarts: ptr(3)},
 		{Name: "never", Artifact: filepath.Join(dir, "always-fails"), Key: "k", Restart: "never", MaxRestarts: &zero},
 	}}
@@ -110,6 +122,12 @@ esac
 	for _, r := range res {
 		if r != want[r.name] {
 			t.Errorf("%s: %+v, want %+v", r.name, r, want[r.name])
+		}
+	}
+	// Each restart started from a fresh disk; the previous run's is kept.
+	for file, want := range map[string]string{"flaky-data.img": "run 3\n", "flaky-data.img.prev": "run 2\n"} {
+		if b, err := os.ReadFile(filepath.Join(dir, file)); err != nil || string(b) != want {
+			t.Errorf("%s holds %q (%v), want %q", file, b, err, want)
 		}
 	}
 	if !strings.Contains(out.String(), "flaky| console of ") || !strings.Contains(log.String(), "needs a fresh boot") {

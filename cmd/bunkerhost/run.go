@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -111,6 +113,25 @@ func superviseOne(ctx context.Context, self string, cfg *hostConfig, g guestConf
 		}
 		if g.Serial != nil && !*g.Serial {
 			argv = append(argv, "--serial=false")
+		}
+		for _, id := range slices.Sorted(maps.Keys(g.Disks)) {
+			path := g.Disks[id]
+			if _, err := os.Lstat(path); err == nil {
+				// The last run's disk: kept once, for a look after a failure.
+				if err := os.Rename(path, path+".prev"); err != nil {
+					logf("%s: disk %s: %v", g.Name, id, err)
+					r.status = commands.ExitError
+					return r
+				}
+				logf("%s: disk %s: the previous run's copy is now %s.prev", g.Name, id, path)
+			}
+			argv = append(argv, "--disk", id+"="+path)
+		}
+		if g.Tap != "" {
+			argv = append(argv, "--tap", g.Tap)
+			if g.Netns != "" {
+				argv = append(argv, "--netns", g.Netns)
+			}
 		}
 		argv = append(argv, g.Artifact)
 		var out io.Writer = &prefixWriter{prefix: g.Name + "| ", w: stdout}
