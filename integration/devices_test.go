@@ -106,7 +106,9 @@ func newNetns(t testing.TB) *testNetns {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("no ip command (apt-get install iproute2)")
 	}
-	n := &testNetns{name: fmt.Sprintf("bbtest-%d", os.Getpid()), tap: "bbtap0"}
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	n := &testNetns{name: fmt.Sprintf("bbtest-%d-%x", os.Getpid(), suffix), tap: "bbtap0"}
 	n.path = "/run/netns/" + n.name
 	ip := func(args ...string) {
 		t.Helper()
