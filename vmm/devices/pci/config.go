@@ -5,8 +5,10 @@
 // per-bit write mask, so that read-only fields stay as the device set
 // them and base address registers stay aligned to their size.
 //
-// It is the groundwork of the virtio-over-PCI issue and is not wired into
-// a machine profile yet.
+// The host decodes memory BARs only inside one window (the inventory's
+// PCI window) and delivers MSI-X messages only into the local APIC's
+// interrupt window; the machine attaches the virtio devices
+// (vmm/machine/pci.go) in both profiles.
 package pci
 
 import (
