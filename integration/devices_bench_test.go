@@ -135,6 +135,8 @@ func BenchmarkDevices(b *testing.B) {
 					continue
 				}
 				samples[v.name] = append(samples[v.name], s)
+				// Each sample as it comes: the lab's L1 has died mid-run.
+				note("devices: %s: %v", v.name, s)
 			}
 		})
 	}
