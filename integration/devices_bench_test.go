@@ -124,21 +124,21 @@ func BenchmarkDevices(b *testing.B) {
 	samples := map[string][]deviceSample{}
 	var failed []string
 	vmms := deviceVMMs()
-	for _, v := range vmms {
-		b.Run(strings.ReplaceAll(v.name, " ", "_"), func(b *testing.B) {
-			for range b.N {
-				note("devices: %s", v.name)
-				s, err := deviceRun(context.Background(), v, ns, disk, secs)
-				if err != nil {
-					b.Log(err)
-					failed = append(failed, err.Error())
-					continue
-				}
-				samples[v.name] = append(samples[v.name], s)
-				// Each sample as it comes: the lab's L1 has died mid-run.
-				note("devices: %s: %v", v.name, s)
+	// The VMMs take turns, so that every round holds one sample of each
+	// under the same conditions, even if the lab dies mid-benchmark.
+	for round := range b.N {
+		for _, v := range vmms {
+			note("devices: round %d: %s", round+1, v.name)
+			s, err := deviceRun(context.Background(), v, ns, disk, secs)
+			if err != nil {
+				b.Log(err)
+				failed = append(failed, err.Error())
+				continue
 			}
-		})
+			samples[v.name] = append(samples[v.name], s)
+			// Each sample as it comes: the lab's L1 has died mid-run.
+			note("devices: round %d: %s: %v", round+1, v.name, s)
+		}
 	}
 	metrics := []string{"seq-read MB/s", "seq-write MB/s", "rand-read-4k IOPS", "rand-write-4k IOPS", "net-send MB/s"}
 	var sb strings.Builder
