@@ -44,7 +44,7 @@ func TestSurface(t *testing.T) {
 	livePCI := map[inventory.Profile]int{} // of which PCI configuration ports
 	for _, p := range []inventory.Profile{inventory.Full, inventory.Minimal} {
 		t.Run(p.String(), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // the probe makes one exit per port: slow in a slow lab
 			defer cancel()
 			cfg := machine.Config{Profile: p, Memory: 512 << 20, CPUs: 1, SerialConsole: true}
 			s := boot(t, ctx, cfg)
