@@ -362,41 +362,9 @@ func (w *layoutWriter) putDisk(d DiskImage) (ocispec.Descriptor, error) {
 	if uint64(st.Size()) != d.Disk.Size {
 		return ocispec.Descriptor{}, fmt.Errorf("image %s is %d bytes, the disk %d", d.File.Name(), st.Size(), d.Disk.Size)
 	}
-	dir := filepath.Join(w.dir, "blobs", "sha256")
-	f, err := os.CreateTemp(dir, ".blob-*")
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	defer func() {
-		if f != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	dg := digest.SHA256.Digester()
-	if err := CopySparse(f, io.NewSectionReader(d.File, 0, st.Size()), dg.Hash()); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if err := f.Sync(); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	desc := ocispec.Descriptor{MediaType: MediaTypeDisk, Digest: dg.Digest(), Size: st.Size()}
-	path := filepath.Join(dir, desc.Digest.Encoded())
-	if _, err := os.Stat(path); err == nil {
-		return desc, nil
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if err := f.Close(); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	f = nil
-	w.bytes.Add(desc.Size)
-	return desc, nil
+	return w.putFile(MediaTypeDisk, func(f *os.File, h io.Writer) (int64, error) {
+		return st.Size(), CopySparse(f, io.NewSectionReader(d.File, 0, st.Size()), h)
+	})
 }
 
 // CopySparse copies src to the start of dst, a new empty file, leaving
@@ -435,6 +403,20 @@ func CopySparse(dst *os.File, src io.Reader, sum io.Writer) error {
 // putBlob writes a blob through fill, names it by its digest and returns
 // its descriptor. An identical blob is stored once.
 func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (ocispec.Descriptor, error) {
+	return w.putFile(mediaType, func(f *os.File, h io.Writer) (int64, error) {
+		bw := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+		cw := &countWriter{w: bw}
+		if err := fill(cw); err != nil {
+			return 0, err
+		}
+		return cw.n, bw.Flush()
+	})
+}
+
+// putFile makes a blob in a temporary file that write fills, feeding
+// every byte to h and returning the blob's size; then it syncs the file
+// and names it by its digest. An identical blob is stored once.
+func (w *layoutWriter) putFile(mediaType string, write func(f *os.File, h io.Writer) (int64, error)) (ocispec.Descriptor, error) {
 	dir := filepath.Join(w.dir, "blobs", "sha256")
 	f, err := os.CreateTemp(dir, ".blob-*")
 	if err != nil {
@@ -447,18 +429,14 @@ func (w *layoutWriter) putBlob(mediaType string, fill func(io.Writer) error) (oc
 		}
 	}()
 	dg := digest.SHA256.Digester()
-	bw := bufio.NewWriterSize(io.MultiWriter(f, dg.Hash()), 1<<20)
-	cw := &countWriter{w: bw}
-	if err := fill(cw); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if err := bw.Flush(); err != nil {
+	size, err := write(f, dg.Hash())
+	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	if err := f.Sync(); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	d := ocispec.Descriptor{MediaType: mediaType, Digest: dg.Digest(), Size: cw.n}
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: dg.Digest(), Size: size}
 	path := filepath.Join(dir, d.Digest.Encoded())
 	if _, err := os.Stat(path); err == nil {
 		return d, nil // the same bytes are already stored
