@@ -154,9 +154,9 @@ type PCIDevice struct {
 
 type queueConfig struct {
 	size, vector uint16
-	enabled      bool
 	desc, driver uint64
 	device       uint64
+	queue        *Queue // mapped when the driver enabled it; nil before
 }
 
 // NewPCIDevice puts backend behind the transport. mem is guest RAM, sink
@@ -550,7 +550,7 @@ func (d *PCIDevice) readCommon(off uint64, data []byte) {
 	if q := d.selected(); q != nil {
 		le.PutUint16(b[ccQueueSize:], q.size)
 		le.PutUint16(b[ccQueueMSIXVector:], q.vector)
-		if q.enabled {
+		if q.queue != nil {
 			le.PutUint16(b[ccQueueEnable:], 1)
 		}
 		le.PutUint16(b[ccQueueNotifyOff:], d.queueSel)
@@ -596,7 +596,7 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) (action, error) {
 		}
 	case off == ccQueueSelect && len(data) == 2:
 		d.queueSel = uint16(v)
-	case q == nil || q.enabled && off != ccQueueMSIXVector:
+	case q == nil || q.queue != nil && off != ccQueueMSIXVector:
 		// No such queue, or one the driver may no longer reconfigure.
 	case off == ccQueueSize && len(data) == 2:
 		if max := d.backend.QueueSizes()[d.queueSel]; v >= 1 && v <= uint64(max) && v&(v-1) == 0 {
@@ -609,7 +609,7 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) (action, error) {
 		if err := queue.Enable(d.mem); err != nil {
 			return action{}, fmt.Errorf("queue %d: %w", d.queueSel, err)
 		}
-		q.enabled = true
+		q.queue = queue
 		if d.status.Live() {
 			return action{add: queue, index: int(d.queueSel)}, nil
 		}
@@ -623,17 +623,12 @@ func (d *PCIDevice) writeCommon(off uint64, data []byte) (action, error) {
 	return action{}, nil
 }
 
-// enabledQueues maps the queues the driver enabled; they were checked
-// when enabled, and guest memory does not shrink.
+// enabledQueues returns the queues the driver enabled, mapped and checked
+// when it enabled them.
 func (d *PCIDevice) enabledQueues() []*Queue {
 	qs := make([]*Queue, len(d.qcfg))
 	for i, c := range d.qcfg {
-		if c.enabled {
-			q := &Queue{Size: c.size, Desc: c.desc, Avail: c.driver, Used: c.device, EventIdx: d.status.Accepted()&FeatureEventIdx != 0}
-			if q.Enable(d.mem) == nil {
-				qs[i] = q
-			}
-		}
+		qs[i] = c.queue
 	}
 	return qs
 }
@@ -696,7 +691,7 @@ func (d *PCIDevice) State() (*State, error) {
 		ConfigVector: d.configVector, ISR: d.isr, Generation: d.generation,
 	}
 	for i, c := range d.qcfg {
-		qs := QueueState{Size: c.size, Vector: c.vector, Enabled: c.enabled, Desc: c.desc, Driver: c.driver, Device: c.device}
+		qs := QueueState{Size: c.size, Vector: c.vector, Enabled: c.queue != nil, Desc: c.desc, Driver: c.driver, Device: c.device}
 		if i < len(d.queues) && d.queues[i] != nil {
 			qs.LastAvail, qs.UsedIdx = d.queues[i].Indices()
 		}
@@ -748,7 +743,7 @@ func (d *PCIDevice) SetState(st *State) error {
 		if qs.Vector != vectorOrNone(uint64(qs.Vector), vectors) {
 			return fmt.Errorf("virtio: saved queue %d has vector %d, the table has %d", i, qs.Vector, vectors)
 		}
-		qcfg[i] = queueConfig{size: qs.Size, vector: qs.Vector, enabled: qs.Enabled, desc: qs.Desc, driver: qs.Driver, device: qs.Device}
+		qcfg[i] = queueConfig{size: qs.Size, vector: qs.Vector, desc: qs.Desc, driver: qs.Driver, device: qs.Device}
 		if !qs.Enabled {
 			continue
 		}
@@ -756,7 +751,7 @@ func (d *PCIDevice) SetState(st *State) error {
 		if err := q.Restore(d.mem, qs.LastAvail, qs.UsedIdx); err != nil {
 			return fmt.Errorf("virtio: saved queue %d: %w", i, err)
 		}
-		queues[i] = q
+		queues[i], qcfg[i].queue = q, q
 	}
 	if s, ok := d.backend.(Stateful); ok {
 		if err := s.RestoreState(st.Backend); err != nil {
