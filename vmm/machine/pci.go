@@ -258,11 +258,11 @@ func describe(ds []VirtioState) string {
 }
 
 func describeFunctions(fs []pciFunction) string {
-	var s []string
+	var ds []VirtioState
 	for _, f := range fs {
-		s = append(s, fmt.Sprintf("%s in slot %d", f.id, f.slot))
+		ds = append(ds, VirtioState{ID: f.id, Slot: f.slot})
 	}
-	return strings.Join(s, ", ")
+	return describe(ds)
 }
 
 // startPCI runs once as a restored machine starts: the devices resume,
