@@ -1,5 +1,8 @@
 // Package acpi builds the guest's ACPI tables: RSDP (revision 2), XSDT,
-// FADT (revision 6), FACS, DSDT and MADT, in memory.ACPIStart..ACPIEnd.
+// FADT (revision 6), FACS, DSDT and MADT. Build places them in
+// memory.ACPIStart..ACPIEnd for a directly booted kernel; Relocatable
+// returns the same tables for a firmware to place through fw_cfg's
+// "etc/table-loader" (see loader.go).
 //
 // Every port, address and interrupt line in the tables comes from the
 // inventory: the PM1a event and control blocks and the SCI from ACPIEvt and
@@ -17,10 +20,9 @@
 package acpi
 
 import (
-	"errors"
 	"fmt"
-	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 
+	"github.com/bunkerbuild/bunkerbuild/vmm/devices/acpipm"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/memory"
 )
@@ -71,85 +73,43 @@ func ForProfile(p inventory.Profile, cpus int) Config {
 	return Config{CPUs: cpus, Legacy: legacy}
 }
 
-// Layout of the tables in memory.ACPIStart..ACPIEnd. The RSDP comes first,
-// 16-byte aligned, so a guest that scans 0xE0000-0xFFFFF also finds it.
+// tableAlign is the alignment of the RSDP, so that a guest that scans
+// 0xE0000-0xFFFFF for it finds it, and of every table but the FACS.
 const tableAlign = 16
 
 // Build writes the ACPI tables for cfg into guest memory and returns the
 // RSDP's guest-physical address, for boot_params.acpi_rsdp_addr.
+//
+// It places the blobs of Relocatable(cfg) as a firmware would: the RSDP
+// at memory.ACPIStart and the tables blob after it, 64-byte aligned, with
+// the pointers patched and the checksums computed.
 func Build(mem *memory.Guest, cfg Config) (uint64, error) {
-	if cfg.CPUs < 1 || cfg.CPUs > MaxCPUs {
-		return 0, fmt.Errorf("ACPI tables: %d vCPUs, want 1 to %d", cfg.CPUs, MaxCPUs)
-	}
-	if cfg.HWReduced && cfg.Legacy {
-		return 0, errors.New("ACPI tables: a HW-reduced ACPI machine cannot have the PC legacy devices")
-	}
-	res, err := resources()
+	l, err := Relocatable(cfg)
 	if err != nil {
 		return 0, err
 	}
-
-	var tables []placed
-
-	// The RSDP sits at the bottom; after it each table follows the ones
-	// it points to (FACS, DSDT, MADT, then FADT, then XSDT), and the RSDP
-	// is built last, once the XSDT has an address.
-	rsdpAddr := alignUp(memory.ACPIStart, tableAlign)
-	next := rsdpAddr + rsdpSize
-	var facsAddr uint64
-	if !cfg.HWReduced {
-		facsAddr = alignUp(next, facsAlign)
-		tables = append(tables, placed{facsAddr, facs()})
-		next = facsAddr + facsSize
-	}
-	dsdtAddr := alignUp(next, tableAlign)
-	d := dsdt(slpTypS5, res.pci)
-	tables = append(tables, placed{dsdtAddr, d})
-	next = dsdtAddr + uint64(len(d))
-
-	madtAddr := alignUp(next, tableAlign)
-	m := madt(madtParams{
-		lapic:     uint32(res.lapic),
-		pcat:      cfg.Legacy,
-		cpus:      cfg.CPUs,
-		ioapicID:  uint8(cfg.CPUs),
-		ioapic:    uint32(res.ioapic),
-		overrides: overrides(cfg, res),
-	})
-	tables = append(tables, placed{madtAddr, m})
-	next = madtAddr + uint64(len(m))
-
-	fadtAddr := alignUp(next, tableAlign)
-	f := fadt(fadtFor(cfg, res, facsAddr, dsdtAddr))
-	tables = append(tables, placed{fadtAddr, f})
-	next = fadtAddr + uint64(len(f))
-
-	xsdtAddr := alignUp(next, tableAlign)
-	x := xsdt(fadtAddr, madtAddr)
-	tables = append(tables, placed{xsdtAddr, x})
-	next = xsdtAddr + uint64(len(x))
-
-	tables = append(tables, placed{rsdpAddr, rsdp(xsdtAddr)})
-	if next > memory.ACPIEnd {
+	var base [numFiles]uint64
+	base[RSDPFile] = alignUp(memory.ACPIStart, uint64(RSDPFile.Align()))
+	base[TablesFile] = alignUp(base[RSDPFile]+uint64(len(l.RSDP)), uint64(TablesFile.Align()))
+	if next := base[TablesFile] + uint64(len(l.Tables)); next > memory.ACPIEnd {
 		return 0, fmt.Errorf("ACPI tables need %d bytes, more than the %d between %#x and %#x",
 			next-memory.ACPIStart, memory.ACPIEnd-memory.ACPIStart, memory.ACPIStart, memory.ACPIEnd)
+	}
+	files, err := l.link(base)
+	if err != nil {
+		return 0, err
 	}
 
 	// Clear the whole area first: nothing stale may look like a table.
 	if err := mem.WriteAt(make([]byte, memory.ACPIEnd-memory.ACPIStart), memory.ACPIStart); err != nil {
 		return 0, fmt.Errorf("ACPI tables: %w", err)
 	}
-	for _, t := range tables {
-		if err := mem.WriteAt(t.b, t.addr); err != nil {
-			return 0, fmt.Errorf("ACPI tables: write at %#x: %w", t.addr, err)
+	for f, b := range files {
+		if err := mem.WriteAt(b, base[f]); err != nil {
+			return 0, fmt.Errorf("ACPI tables: write %s at %#x: %w", File(f), base[f], err)
 		}
 	}
-	return rsdpAddr, nil
-}
-
-type placed struct {
-	addr uint64
-	b    []byte
+	return base[RSDPFile], nil
 }
 
 func alignUp(a, align uint64) uint64 { return (a + align - 1) &^ (align - 1) }

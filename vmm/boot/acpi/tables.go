@@ -15,11 +15,17 @@ const (
 	creatorRevision = 1
 )
 
-// headerSize is the size of the common System Description Table header.
-const headerSize = 36
+// headerSize is the size of the common System Description Table header;
+// headerChecksum is the offset of its Checksum byte.
+const (
+	headerSize     = 36
+	headerChecksum = 9
+)
 
 // sdt returns a table: the common header with signature sig and revision
-// rev, followed by body, with Length and Checksum filled in.
+// rev, followed by body, with Length filled in. The Checksum byte is left
+// 0: it depends on the addresses the table's pointers are patched with,
+// so the layout declares it and whoever places the tables computes it.
 func sdt(sig string, rev uint8, body []byte) []byte {
 	t := make([]byte, headerSize+len(body))
 	copy(t[0:4], sig)
@@ -31,18 +37,7 @@ func sdt(sig string, rev uint8, body []byte) []byte {
 	copy(t[28:32], creatorID)
 	le.PutUint32(t[32:], creatorRevision)
 	copy(t[headerSize:], body)
-	t[9] = checksum(t)
 	return t
-}
-
-// checksum returns the byte that makes b sum to zero, with b's own
-// checksum byte counted as zero.
-func checksum(b []byte) uint8 {
-	var s uint8
-	for _, c := range b {
-		s += c
-	}
-	return -s
 }
 
 // sum returns the 8-bit sum of b; a table with a correct checksum sums to 0.
@@ -57,20 +52,25 @@ func sum(b []byte) uint8 {
 // RSDP, revision 2 (ACPI 6.5, 5.2.5.3).
 const (
 	rsdpSize     = 36
-	rsdpV1Size   = 20
+	rsdpV1Size   = 20 // the ACPI 1.0 part, which Checksum covers
 	rsdpRevision = 2
+
+	rsdpChecksum    = 8  // over the first rsdpV1Size bytes
+	rsdpRsdtAddress = 16 // 32 bits
+	rsdpXsdtAddress = 24 // 64 bits
+	rsdpExtChecksum = 32 // over all rsdpSize bytes
 )
 
+// rsdp returns the RSDP pointing at the XSDT at xsdt, with both checksums
+// left 0, as sdt leaves a table's.
 func rsdp(xsdt uint64) []byte {
 	b := make([]byte, rsdpSize)
 	copy(b[0:8], "RSD PTR ")
 	copy(b[9:15], oemID)
 	b[15] = rsdpRevision
-	le.PutUint32(b[16:], 0) // RsdtAddress: no RSDT, the XSDT is used
+	le.PutUint32(b[rsdpRsdtAddress:], 0) // no RSDT, the XSDT is used
 	le.PutUint32(b[20:], rsdpSize)
-	le.PutUint64(b[24:], xsdt)
-	b[8] = checksum(b[:rsdpV1Size])
-	b[32] = checksum(b)
+	le.PutUint64(b[rsdpXsdtAddress:], xsdt)
 	return b
 }
 
