@@ -123,6 +123,7 @@ var abiChecks = []struct {
 	{"KVM_CAP_ADJUST_CLOCK", uintptr(CapAdjustClock)},
 	{"KVM_CAP_MAX_VCPUS", uintptr(CapMaxVCPUs)},
 	{"KVM_CAP_TSC_DEADLINE_TIMER", uintptr(CapTSCDeadlineTimer)},
+	{"KVM_CAP_READONLY_MEM", uintptr(CapReadonlyMem)},
 	{"KVM_CAP_SPLIT_IRQCHIP", uintptr(CapSplitIRQChip)},
 	{"KVM_CAP_IMMEDIATE_EXIT", uintptr(CapImmediateExit)},
 	{"KVM_CAP_X86_USER_SPACE_MSR", uintptr(CapX86UserSpaceMSR)},
@@ -139,6 +140,7 @@ var abiChecks = []struct {
 	{"KVM_EXIT_IOAPIC_EOI", uintptr(ExitIOAPICEOI)},
 	{"KVM_SYSTEM_EVENT_RESET", SystemEventReset},
 	{"KVM_PIT_SPEAKER_DUMMY", PITSpeakerDummy},
+	{"KVM_MEM_READONLY", memReadonly},
 	{"KVM_CLOCK_REALTIME", ClockRealtime},
 }
 

@@ -102,6 +102,7 @@ const (
 	CapMaxVCPUs              Cap = 66
 	CapTSCDeadlineTimer      Cap = 72
 	CapKVMClockCtrl          Cap = 76
+	CapReadonlyMem           Cap = 81
 	CapSplitIRQChip          Cap = 121
 	CapX2APICAPI             Cap = 129
 	CapImmediateExit         Cap = 136

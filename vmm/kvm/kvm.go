@@ -151,9 +151,23 @@ func (v *VM) CheckExtension(c Cap) int {
 // SetUserMemoryRegion maps host memory mem at guest-physical gpa in slot.
 // mem must stay mapped until the VM is closed.
 func (v *VM) SetUserMemoryRegion(slot uint32, gpa uint64, mem []byte) error {
-	r := userspaceMemoryRegion{Slot: slot, GuestPhysAddr: gpa, MemorySize: uint64(len(mem)), UserspaceAddr: hostAddr(mem)}
+	return v.setMemoryRegion(slot, gpa, mem, 0)
+}
+
+// memReadonly is KVM_MEM_READONLY.
+const memReadonly = 1 << 1
+
+// SetReadOnlyMemoryRegion maps mem at gpa in slot for reading and
+// executing only: a guest write to it exits as MMIO (KVM_CAP_READONLY_MEM).
+// mem must stay mapped until the VM is closed.
+func (v *VM) SetReadOnlyMemoryRegion(slot uint32, gpa uint64, mem []byte) error {
+	return v.setMemoryRegion(slot, gpa, mem, memReadonly)
+}
+
+func (v *VM) setMemoryRegion(slot uint32, gpa uint64, mem []byte, flags uint32) error {
+	r := userspaceMemoryRegion{Slot: slot, Flags: flags, GuestPhysAddr: gpa, MemorySize: uint64(len(mem)), UserspaceAddr: hostAddr(mem)}
 	if err := ioctlStruct(v.fd, reqSetUserMemoryRegion, &r); err != nil {
-		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d at %#x: %w", slot, gpa, err)
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d at %#x (flags %#x): %w", slot, gpa, flags, err)
 	}
 	return nil
 }
