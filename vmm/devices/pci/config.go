@@ -193,6 +193,44 @@ func NewEndpoint(h Header, bars [6]BAR, caps []Capability) (*Endpoint, error) {
 	return e, nil
 }
 
+// Register is a device-specific register in the area after the
+// standard header: its offset, its value at reset and a mask of the bits
+// the guest may write (nil: none).
+type Register struct {
+	Off      uint8
+	Value    []byte
+	Writable []byte
+}
+
+// AddRegisters lays out device-specific registers, as a chipset function
+// has them instead of capabilities: an endpoint has one or the other. Each
+// must lie in the device area, clear of the others.
+func (e *Endpoint) AddRegisters(rs ...Register) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.caps) > 0 {
+		return errors.New("pci: device registers on a function with capabilities")
+	}
+	used := [ConfigSize]bool{}
+	for _, r := range rs {
+		if r.Writable != nil && len(r.Writable) != len(r.Value) {
+			return fmt.Errorf("pci: register %#x: write mask of %d bytes for %d", r.Off, len(r.Writable), len(r.Value))
+		}
+		if int(r.Off) < capStart || len(r.Value) == 0 || int(r.Off)+len(r.Value) > ConfigSize {
+			return fmt.Errorf("pci: register %#x+%d is outside the device area %#x-%#x", r.Off, len(r.Value), capStart, ConfigSize-1)
+		}
+		for i := range r.Value {
+			if used[int(r.Off)+i] {
+				return fmt.Errorf("pci: register %#x+%d overlaps another register or the capabilities", r.Off, len(r.Value))
+			}
+			used[int(r.Off)+i] = true
+		}
+		copy(e.cfg[r.Off:], r.Value)
+		copy(e.wmask[r.Off:], r.Writable)
+	}
+	return nil
+}
+
 // ReadConfig reads configuration space.
 func (e *Endpoint) ReadConfig(off uint8, data []byte) {
 	e.mu.Lock()

@@ -1,6 +1,7 @@
 package pci
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 )
@@ -258,4 +259,57 @@ func FuzzConfigWrites(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAddRegisters(t *testing.T) {
+	valid := []Register{
+		{Off: 0x59, Value: make([]byte, 7), Writable: []byte{0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33}},
+		{Off: 0x72, Value: []byte{0x02}},
+	}
+	bad := []struct {
+		name string
+		regs []Register
+	}{
+		{"in the header", []Register{{Off: 0x3c, Value: []byte{0}}}},
+		{"past the end", []Register{{Off: 0xfe, Value: []byte{0, 0, 0}}}},
+		{"empty", []Register{{Off: 0x60}}},
+		{"mask size", []Register{{Off: 0x60, Value: []byte{0, 0}, Writable: []byte{0xff}}}},
+		{"overlap", []Register{{Off: 0x60, Value: []byte{0, 0}}, {Off: 0x61, Value: []byte{0}}}},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := NewEndpoint(Header{Vendor: 0x8086, Device: 0x1237}, [6]BAR{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.AddRegisters(tc.regs...); err == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+	e, err := NewEndpoint(Header{Vendor: 0x8086, Device: 0x1237}, [6]BAR{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AddRegisters(valid...); err != nil {
+		t.Fatal(err)
+	}
+	e.WriteConfig(0x5c, []byte{0xff, 0xff, 0xff, 0xff})
+	e.WriteConfig(0x72, []byte{0xff})
+	got := make([]byte, 4)
+	e.ReadConfig(0x5c, got)
+	if want := []byte{0x33, 0x33, 0x33, 0x33}; !bytes.Equal(got, want) {
+		t.Errorf("PAM after writing ones: % x, want % x", got, want)
+	}
+	e.ReadConfig(0x72, got[:1])
+	if got[0] != 0x02 {
+		t.Errorf("read-only register = %#x, want 0x02", got[0])
+	}
+	withCaps, err := NewEndpoint(Header{}, [6]BAR{}, []Capability{{ID: CapVendor, Body: []byte{0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := withCaps.AddRegisters(valid...); err == nil {
+		t.Error("registers added to a function with capabilities")
+	}
 }

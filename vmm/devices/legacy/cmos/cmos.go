@@ -16,8 +16,8 @@
 // high while register C's IRQF is set; reading C clears it. Periodic rates
 // faster than 1 kHz are delivered coalesced, at most once a millisecond.
 //
-// NVRAM bytes 0x0E-0x7F are plain storage, preset with the memory size and
-// CPU count fields PC firmware reads (see Config).
+// NVRAM bytes 0x0E-0x7F are plain storage, preset with the memory size,
+// CPU count and boot order fields PC firmware reads (see Config).
 package cmos
 
 import (
@@ -58,7 +58,22 @@ const (
 	regMemAbove16 = 0x34 // and 0x35: memory from 16 MiB below 4 GiB, in 64 KiB
 	regMemAbove4G = 0x5b // to 0x5d: memory from 4 GiB, in 64 KiB
 	regCPUs       = 0x5f // CPU count minus one
+	regBootFlag1  = 0x38 // bits 7-4: third boot device; bit 0: skip the boot-signature check
+	regBootFlag2  = 0x3d // bits 3-0: first boot device, bits 7-4: second
 )
+
+// Boot devices of the boot-order registers, as SeaBIOS (src/boot.c) and
+// Bochs-derived firmware read them.
+const (
+	BootNone   BootDevice = 0
+	BootFloppy BootDevice = 1
+	BootDisk   BootDevice = 2
+	BootCDROM  BootDevice = 3
+	BootNet    BootDevice = 4
+)
+
+// BootDevice is one entry of the CMOS boot order.
+type BootDevice byte
 
 const (
 	aUIP      = 0x80
@@ -101,6 +116,9 @@ type Config struct {
 	HighMem uint64
 	// CPUs is the number of vCPUs; values below 1 count as 1.
 	CPUs int
+	// BootOrder is the firmware's boot order, first device first, at
+	// most three; firmware that reads fw_cfg's bootorder file prefers it.
+	BootOrder []BootDevice
 	// Clock returns the host's time; nil means time.Now. It is called
 	// from vCPU threads and from the device's goroutine.
 	Clock func() time.Time
@@ -189,6 +207,10 @@ func (c *CMOS) setMemory(cfg Config) {
 	high := min(cfg.HighMem/(64*kib), 0xffffff)
 	c.ram[regMemAbove4G], c.ram[regMemAbove4G+1], c.ram[regMemAbove4G+2] = byte(high), byte(high>>8), byte(high>>16)
 	c.ram[regCPUs] = byte(min(max(cfg.CPUs, 1)-1, 0xff))
+	var order [3]BootDevice
+	copy(order[:], cfg.BootOrder)
+	c.ram[regBootFlag2] = byte(order[0]&0xf) | byte(order[1]&0xf)<<4
+	c.ram[regBootFlag1] = byte(order[2]&0xf) << 4
 }
 
 // Close stops the interrupt goroutine and waits for it to exit. It always

@@ -284,6 +284,10 @@ func TestMemoryFields(t *testing.T) {
 			0x34: 0x00, 0x35: 0xbf, 0x5b: 0x00, 0x5c: 0x40, 0x5d: 0x01, 0x5f: 3}},
 		{"tiny", Config{LowMem: 512 << 10}, map[byte]byte{0x17: 0, 0x18: 0, 0x34: 0, 0x35: 0, 0x5f: 0}},
 		{"huge high memory", Config{LowMem: 3 * gib, HighMem: 1 << 50}, map[byte]byte{0x5b: 0xff, 0x5c: 0xff, 0x5d: 0xff}},
+		{"no boot order", Config{LowMem: 64 * mib}, map[byte]byte{0x3d: 0, 0x38: 0}},
+		{"boot from disk", Config{LowMem: 64 * mib, BootOrder: []BootDevice{BootDisk}}, map[byte]byte{0x3d: 0x02, 0x38: 0}},
+		{"disk, cdrom, network", Config{LowMem: 64 * mib, BootOrder: []BootDevice{BootDisk, BootCDROM, BootNet}}, map[byte]byte{0x3d: 0x32, 0x38: 0x40}},
+		{"only three count", Config{LowMem: 64 * mib, BootOrder: []BootDevice{BootNet, BootNet, BootNet, BootDisk}}, map[byte]byte{0x3d: 0x44, 0x38: 0x40}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
