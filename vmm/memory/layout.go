@@ -3,6 +3,12 @@
 // This file is the one place the layout is written down. Guest-physical
 // address space of an x86-64 guest:
 //
+// A machine that loads a kernel itself lays out its boot structures as
+// follows; one that boots through firmware (a BIOS image) leaves the first
+// MiB to the BIOS, except that it copies the image's last 128 KiB to
+// ShadowStart..ACPIEnd, and maps the whole image read-only to end at
+// 4 GiB, inside the PCI hole (the inventory's bios-rom entry).
+//
 //	0x0000_0000  real-mode IVT and BIOS data area (RAM, unused by us)
 //	0x0000_0500  boot GDT                       (BootGDT)
 //	0x0000_0520  boot IDT, empty                (BootIDT)
@@ -20,6 +26,7 @@
 //	0xc000_0000  32-bit PCI hole, never RAM     (PCIHoleStart .. PCIHoleEnd);
 //	             the IOAPIC and LAPIC windows live here (see vmm/inventory)
 //	0xfffb_c000  KVM's identity-map page, then its 3-page TSS (Intel only)
+//	0xfffc_0000  firmware boot: the BIOS image, at most 256 KiB, read-only
 //	0x1_0000_0000 RAM above the hole, if the guest has more than 3 GiB
 package memory
 
@@ -51,6 +58,10 @@ const (
 	// there.
 	KVMIdentityMap = 0xfffbc000
 	KVMTSS         = 0xfffbd000
+
+	// ShadowStart is where a firmware boot copies the end of the BIOS
+	// image into RAM, as a PC's chipset aliases it below 1 MiB.
+	ShadowStart = 0xe0000
 
 	// MinSize and MaxSize bound guest RAM.
 	MinSize = 64 << 20
@@ -104,6 +115,17 @@ func E820(size uint64) []E820Entry {
 	}
 	if len(regs) > 1 {
 		m = append(m, E820Entry{Addr: regs[1].GPA, Size: regs[1].Size, Type: E820RAM})
+	}
+	return m
+}
+
+// FirmwareE820 returns the RAM of a guest with size bytes, for a BIOS,
+// which adds its own reservations (the EBDA, its ROM area, its tables)
+// to the map it gives the OS.
+func FirmwareE820(size uint64) []E820Entry {
+	var m []E820Entry
+	for _, r := range Regions(size) {
+		m = append(m, E820Entry{Addr: r.GPA, Size: r.Size, Type: E820RAM})
 	}
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -138,6 +139,21 @@ func TestMapFile(t *testing.T) {
 	} {
 		if err := gs[0].MapFile(bad.gpa, bad.n, f, bad.off); err == nil {
 			t.Errorf("MapFile(%#x, %#x, off %d) succeeded", bad.gpa, bad.n, bad.off)
+		}
+	}
+}
+
+func TestFirmwareE820(t *testing.T) {
+	tests := []struct {
+		size uint64
+		want []E820Entry
+	}{
+		{512 << 20, []E820Entry{{0, 512 << 20, E820RAM}}},
+		{4 << 30, []E820Entry{{0, PCIHoleStart, E820RAM}, {PCIHoleEnd, 4<<30 - PCIHoleStart, E820RAM}}},
+	}
+	for _, tc := range tests {
+		if got := FirmwareE820(tc.size); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("FirmwareE820(%#x) = %v, want %v", tc.size, got, tc.want)
 		}
 	}
 }
