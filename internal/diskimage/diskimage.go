@@ -1,6 +1,7 @@
 // Package diskimage makes the disk images recipes ask for, with
 // go-diskfs: a new disk with an MBR partition table and one FAT32
-// partition, which every PC OS can read, and copies of images the user
+// partition, which every PC OS can read; the same made bootable through
+// a PC BIOS with syslinux (NewSyslinux); and copies of images the user
 // gives. Images are written under a temporary name and renamed into
 // place, so a failed or killed build leaves no half-made disk.
 package diskimage
@@ -33,8 +34,8 @@ const (
 // (LBA) partition from 1 MiB to the end, formatted with label. path must
 // not exist. The image is sparse: only the metadata is written.
 func NewFAT32(path string, size uint64, label string) error {
-	if size < MinFAT32 || size%sectorSize != 0 || size/sectorSize > 1<<32 {
-		return fmt.Errorf("new FAT32 disk %s: size %d must be a multiple of %d from %d to 2 TiB", path, size, sectorSize, MinFAT32)
+	if err := checkSize(path, size); err != nil {
+		return err
 	}
 	return create(path, func(tmp string) error {
 		d, err := diskfs.Create(tmp, int64(size), diskfs.SectorSize512)
@@ -42,13 +43,23 @@ func NewFAT32(path string, size uint64, label string) error {
 			return err
 		}
 		defer d.Close()
-		return format(d, size, label)
+		return format(d, size, label, false)
 	})
 }
 
-func format(d *disk.Disk, size uint64, label string) error {
+// checkSize checks the size of a new FAT32 disk.
+func checkSize(path string, size uint64) error {
+	if size < MinFAT32 || size%sectorSize != 0 || size/sectorSize > 1<<32 {
+		return fmt.Errorf("new FAT32 disk %s: size %d must be a multiple of %d from %d to 2 TiB", path, size, sectorSize, MinFAT32)
+	}
+	return nil
+}
+
+// format writes d's MBR, with one FAT32 (LBA) partition from firstSector
+// to the end (active if bootable), and formats the partition.
+func format(d *disk.Disk, size uint64, label string, bootable bool) error {
 	table := &mbr.Table{LogicalSectorSize: sectorSize, PhysicalSectorSize: sectorSize,
-		Partitions: []*mbr.Partition{{Index: 1, Type: mbr.Fat32LBA, Start: firstSector, Size: uint32(size/sectorSize - firstSector)}}}
+		Partitions: []*mbr.Partition{{Index: 1, Bootable: bootable, Type: mbr.Fat32LBA, Start: firstSector, Size: uint32(size/sectorSize - firstSector)}}}
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("partition: %w", err)
 	}

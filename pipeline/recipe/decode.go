@@ -25,7 +25,7 @@ var schema = []struct {
 	keys    []string
 }{
 	{"", []string{"apiVersion", "name", "guest", "machine", "booted", "output"}},
-	{"guest", []string{"kernel", "initrd", "cmdline", "disk"}},
+	{"guest", []string{"kernel", "initrd", "cmdline", "disk", "bootloader", "boot-disk-size", "firmware"}},
 	{"machine", []string{"memory", "cpus", "profile", "serial", "disks", "nic"}},
 	{"machine.disks", []string{"id", "image", "size", "read-only"}},
 	{"booted", []string{"console", "legacy-idle", "guest-signal", "settle", "timeout"}},
@@ -243,7 +243,25 @@ func (d *decoder) guest(n *yaml.Node) {
 				continue
 			}
 			g.Disk = d.path(e, false)
+		case "bootloader":
+			g.Bootloader = d.str(e)
+		case "boot-disk-size":
+			g.BootDiskSize = d.size(e)
+		case "firmware":
+			g.Firmware = d.path(e, true)
 		}
+	}
+}
+
+// defaults fills in the defaults that depend on other keys: the boot
+// disk's size with a boot loader, and the firmware of a firmware boot.
+func (d *decoder) defaults() {
+	g := &d.r.Guest
+	if _, given := d.r.Positions["guest.boot-disk-size"]; g.Bootloader != "" && !given {
+		g.BootDiskSize = DefaultBootDiskSize
+	}
+	if _, given := d.r.Positions["guest.firmware"]; g.FirmwareBoot() && !given {
+		g.Firmware = Default
 	}
 }
 

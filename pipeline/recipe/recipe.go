@@ -36,6 +36,14 @@ const Default = "default"
 // recipe may name.
 const ProfileFull = "full"
 
+// BootloaderSyslinux, as guest.bootloader, puts the kernel on a disk with
+// syslinux (internal/diskimage.NewSyslinux). It is the only boot loader.
+const BootloaderSyslinux = "syslinux"
+
+// DefaultFirmware is the BIOS image that Default names as guest.firmware:
+// Debian's SeaBIOS (package seabios).
+const DefaultFirmware = "/usr/share/seabios/bios-256k.bin"
+
 // Bounds on a recipe's values.
 const (
 	MinMemory     = memory.MinSize
@@ -50,6 +58,20 @@ const (
 	MaxDiskIDLen  = 20                    // virtio-blk's serial number
 	MinNewDisk    = 40 << 20              // FAT32 needs 65,525 clusters
 	MaxNewDisk    = 1 << 40
+
+	// The disk guest.bootloader is installed on: a new FAT32 disk.
+	DefaultBootDiskSize = 256 << 20
+	MinBootDiskSize     = MinNewDisk
+	MaxBootDiskSize     = MaxNewDisk
+	// MaxBootloaderCmdline bounds guest.cmdline with guest.bootloader:
+	// syslinux reads its configuration in lines of at most 4095 bytes
+	// (internal/diskimage.MaxSyslinuxCmdline).
+	MaxBootloaderCmdline = 4000
+
+	// A BIOS image is a whole number of 64 KiB, at most the inventory's
+	// ROM window (bios-rom; a test checks they agree).
+	FirmwareAlign   = 64 << 10
+	MaxFirmwareSize = 256 << 10
 )
 
 var validDiskID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
@@ -82,12 +104,31 @@ type Recipe struct {
 }
 
 // Guest is what the build boots: either a kernel (with an optional initrd
-// and a command line) or a BIOS-bootable disk image.
+// and a command line) or a BIOS-bootable disk image. A kernel is loaded
+// directly, unless Bootloader is set: then the build puts it on a new
+// BIOS-bootable disk and boots that through Firmware, as it boots Disk.
 type Guest struct {
 	Kernel  string // absolute path, or Default; empty when Disk is set
 	Initrd  string // absolute path, Default, or empty for none
 	Cmdline string // kernel command line
 	Disk    string // absolute path of a disk image; empty when Kernel is set
+
+	// Bootloader is BootloaderSyslinux, or empty to load Kernel directly.
+	Bootloader string
+	// BootDiskSize is the size in bytes of the disk Bootloader is
+	// installed on; 0 without Bootloader. Parse sets
+	// DefaultBootDiskSize when the recipe does not say.
+	BootDiskSize uint64
+	// Firmware is the BIOS image of a firmware boot (see FirmwareBoot):
+	// an absolute path, or Default for DefaultFirmware; empty otherwise.
+	// Parse sets Default when the recipe does not say.
+	Firmware string
+}
+
+// FirmwareBoot reports whether the guest boots through the firmware: from
+// Disk, or from the disk made for Bootloader.
+func (g Guest) FirmwareBoot() bool {
+	return g.Disk != "" || g.Bootloader != ""
 }
 
 // Machine is the virtual machine the guest boots on.
@@ -202,6 +243,7 @@ func Parse(name string, data []byte) (*Recipe, error) {
 		failed: map[string]bool{},
 	}
 	if d.document(data) {
+		d.defaults()
 		d.errs = append(d.errs, d.r.validate(d.failed)...)
 	}
 	if len(d.errs) > 0 {
@@ -240,7 +282,7 @@ func (r *Recipe) Pos(key string) Pos {
 
 // Errorf returns an *Error at key's position (see Pos), its message
 // prefixed with key, for problems found after parsing: for example
-// r.Errorf("guest.disk", "booting from a disk is not supported yet").
+// r.Errorf("machine.nic", "this host cannot make taps").
 // The format accepts %w.
 func (r *Recipe) Errorf(key, format string, args ...any) error {
 	err := fmt.Errorf(format, args...)

@@ -2,6 +2,7 @@ package recipe
 
 import (
 	"errors"
+	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bunkerbuild/bunkerbuild/internal/diskimage"
 )
 
 // base is a valid recipe; cases edit it line by line, so the line numbers
@@ -93,14 +96,36 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
+// guestBlock replaces base's guest section with g.
+func guestBlock(g string) string {
+	return strings.Replace(base, "guest:\n  kernel: default\n  initrd: default\n  cmdline: console=ttyS0\n", g, 1)
+}
+
+// firmwareFile writes a file of n bytes (sparse) to dir and returns its path.
+func firmwareFile(t *testing.T, dir, name string, n int64) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, n); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func TestParseValidVariants(t *testing.T) {
 	abs := t.TempDir()
+	bios := firmwareFile(t, abs, "bios.bin", 256<<10)
+	biosMax := firmwareFile(t, abs, "big.bin", MaxFirmwareSize)
 	for _, tc := range []struct {
 		name, yaml string
 		check      func(*Recipe) bool
 	}{
 		{"disk guest", strings.Replace(edit(t, "  kernel: default", "  disk: images/dos.img"), "  initrd: default\n  cmdline: console=ttyS0\n", "", 1),
-			func(r *Recipe) bool { return r.Guest == Guest{Disk: filepath.Join(r.Dir, "images", "dos.img")} }},
+			func(r *Recipe) bool {
+				return r.Guest == Guest{Disk: filepath.Join(r.Dir, "images", "dos.img"), Firmware: Default} && r.Guest.FirmwareBoot()
+			}},
 		{"kernel and initrd files", edit(t, "  initrd: default", "  initrd: ../guest/initrd.cpio"),
 			func(r *Recipe) bool {
 				return r.Guest.Initrd == filepath.Join(r.Dir, "..", "guest", "initrd.cpio") && r.Guest.Kernel == Default
@@ -134,6 +159,25 @@ output: {path: /abs/x.bbsnap, signing-key: /abs/k}
 			}},
 		{"document markers", "---\n" + base + "...\n", nil},
 		{"anchor without alias", edit(t, "  kernel: default", "  kernel: &k default"), nil},
+		{"syslinux", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: syslinux"),
+			func(r *Recipe) bool {
+				return r.Guest == Guest{Kernel: Default, Initrd: Default, Cmdline: "console=ttyS0", Bootloader: BootloaderSyslinux, BootDiskSize: DefaultBootDiskSize, Firmware: Default} &&
+					r.Guest.FirmwareBoot()
+			}},
+		{"syslinux spelled out", guestBlock("guest:\n  kernel: vmlinuz\n  bootloader: syslinux\n  boot-disk-size: 40M\n  firmware: " + bios + "\n"),
+			func(r *Recipe) bool {
+				return r.Guest == Guest{Kernel: filepath.Join(r.Dir, "vmlinuz"), Bootloader: BootloaderSyslinux, BootDiskSize: 40 << 20, Firmware: bios}
+			}},
+		{"syslinux, largest disk, largest firmware", edit(t, "  cmdline: console=ttyS0", "  cmdline: "+strings.Repeat("x", MaxBootloaderCmdline)+"\n  bootloader: syslinux\n  boot-disk-size: 1T\n  firmware: "+biosMax),
+			func(r *Recipe) bool { return r.Guest.BootDiskSize == 1<<40 && r.Guest.Firmware == biosMax }},
+		{"disk with firmware", guestBlock("guest:\n  disk: d.img\n  firmware: " + bios + "\n"),
+			func(r *Recipe) bool { return r.Guest == Guest{Disk: filepath.Join(r.Dir, "d.img"), Firmware: bios} }},
+		{"disk with default firmware", guestBlock("guest: {disk: d.img, firmware: default}\n"),
+			func(r *Recipe) bool { return r.Guest.Firmware == Default && r.Guest.FirmwareBoot() }},
+		{"no firmware for a kernel", base, func(r *Recipe) bool {
+			return r.Guest.Firmware == "" && !r.Guest.FirmwareBoot() && r.Guest.BootDiskSize == 0
+		}},
+		{"newline in cmdline without bootloader", edit(t, "  cmdline: console=ttyS0", `  cmdline: "console=ttyS0\ninitrd=x"`), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := Parse("r.yaml", []byte(tc.yaml))
@@ -152,6 +196,14 @@ output: {path: /abs/x.bbsnap, signing-key: /abs/k}
 
 func TestParseErrors(t *testing.T) {
 	outDir := t.TempDir()
+	fwDir := t.TempDir()
+	fwOdd := firmwareFile(t, fwDir, "odd.bin", 100)
+	fwEmpty := firmwareFile(t, fwDir, "empty.bin", 0)
+	fwBig := firmwareFile(t, fwDir, "big.bin", MaxFirmwareSize+64<<10)
+	fwOK := firmwareFile(t, fwDir, "bios.bin", 128<<10)
+	syslinux := func(lines string) string {
+		return edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: syslinux"+lines)
+	}
 	outFile := filepath.Join(outDir, "old.snap")
 	if err := os.WriteFile(outFile, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -335,6 +387,60 @@ func TestParseErrors(t *testing.T) {
 		{"output over the recipe", edit(t, "  path: out.bbsnap", "  path: t.yaml"),
 			[]string{`t.yaml:14:9: output.path: ` + filepath.Join(cwd(t), "t.yaml") + ` is also the recipe; the artifact would overwrite it`}},
 
+		// Boot loaders and firmware.
+		{"unknown bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: grub"),
+			[]string{`t.yaml:7:15: guest.bootloader: unknown boot loader "grub"; the one supported is "syslinux"`}},
+		{"empty bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: ''"),
+			[]string{`t.yaml:7:15: guest.bootloader: unknown boot loader ""; the one supported is "syslinux"`}},
+		{"bootloader not a string", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: true"),
+			[]string{`t.yaml:7:15: guest.bootloader: want a string, got the boolean true (quote it to make it a string: "true")`}},
+		{"bootloader with disk", guestBlock("guest:\n  disk: d.img\n  bootloader: syslinux\n"),
+			[]string{`t.yaml:5:15: guest.bootloader: only with kernel: a disk image boots through its own boot loader`}},
+		{"bootloader without kernel", guestBlock("guest:\n  bootloader: syslinux\n"),
+			[]string{`t.yaml:3:1: guest: give kernel (with optional initrd and cmdline) or disk`}},
+		{"boot-disk-size without bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  boot-disk-size: 64M"),
+			[]string{`t.yaml:7:19: guest.boot-disk-size: only with bootloader: the size of the disk the boot loader is installed on`}},
+		{"boot-disk-size with a bad bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  bootloader: 1\n  boot-disk-size: 64M"),
+			[]string{`t.yaml:7:15: guest.bootloader: want a string, got the integer 1 (quote it to make it a string: "1")`}},
+		{"boot-disk-size too small", syslinux("\n  boot-disk-size: 39M"),
+			[]string{`t.yaml:8:19: guest.boot-disk-size: 39M is out of range; a boot disk is 40M to 1024G`}},
+		{"boot-disk-size zero", syslinux("\n  boot-disk-size: 0M"),
+			[]string{`t.yaml:8:19: guest.boot-disk-size: 0 bytes is out of range; a boot disk is 40M to 1024G`}},
+		{"boot-disk-size too large", syslinux("\n  boot-disk-size: 2T"),
+			[]string{`t.yaml:8:19: guest.boot-disk-size: 2048G is out of range; a boot disk is 40M to 1024G`}},
+		{"boot-disk-size not whole MiB", syslinux("\n  boot-disk-size: 65537K"),
+			[]string{`t.yaml:8:19: guest.boot-disk-size: 65537K is not a whole number of MiB`}},
+		{"boot-disk-size bare number", syslinux("\n  boot-disk-size: 512"),
+			[]string{`t.yaml:8:19: guest.boot-disk-size: want a size with a unit such as 512M or 2G, got the bare number 512`}},
+		{"firmware with kernel", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0\n  firmware: default"),
+			[]string{`t.yaml:7:13: guest.firmware: only with disk or bootloader: a kernel alone is loaded without firmware`}},
+		{"firmware missing", syslinux("\n  firmware: /nonexistent/bios.bin"),
+			[]string{`t.yaml:8:13: guest.firmware: /nonexistent/bios.bin: no such file or directory`}},
+		{"firmware relative and missing", guestBlock("guest: {disk: d.img, firmware: bios.bin}\n"),
+			[]string{`t.yaml:3:32: guest.firmware: ` + filepath.Join(cwd(t), "bios.bin") + `: no such file or directory`}},
+		{"firmware a directory", syslinux("\n  firmware: " + fwDir),
+			[]string{`t.yaml:8:13: guest.firmware: ` + fwDir + ` is not a regular file`}},
+		{"firmware of odd size", syslinux("\n  firmware: " + fwOdd),
+			[]string{`t.yaml:8:13: guest.firmware: ` + fwOdd + ` is 100 bytes; a BIOS image is a whole number of 64K, at most 256K`}},
+		{"firmware empty", syslinux("\n  firmware: " + fwEmpty),
+			[]string{`t.yaml:8:13: guest.firmware: ` + fwEmpty + ` is 0 bytes; a BIOS image is a whole number of 64K, at most 256K`}},
+		{"firmware too big", syslinux("\n  firmware: " + fwBig),
+			[]string{`t.yaml:8:13: guest.firmware: ` + fwBig + ` is 327680 bytes; a BIOS image is a whole number of 64K, at most 256K`}},
+		{"firmware empty path", syslinux("\n  firmware: ''"),
+			[]string{`t.yaml:8:13: guest.firmware: empty path`}},
+		{"output over the firmware", strings.Replace(syslinux("\n  firmware: "+fwOK), "  path: out.bbsnap", "  path: "+fwOK, 1), []string{
+			`t.yaml:16:9: output.path: ` + fwOK + ` exists and is not a directory; an artifact is a directory (an OCI image layout)`,
+			`t.yaml:16:9: output.path: ` + fwOK + ` is also guest.firmware; the artifact would overwrite it`,
+		}},
+		{"newline in cmdline with bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: \"console=ttyS0\\nDEFAULT evil\"\n  bootloader: syslinux"),
+			[]string{`t.yaml:6:12: guest.cmdline: control character '\n' at byte 13; with bootloader the command line is a line of syslinux.cfg`}},
+		{"initrd= in cmdline with bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: console=ttyS0 initrd=/x.img\n  bootloader: syslinux"),
+			[]string{`t.yaml:6:12: guest.cmdline: "initrd=/x.img": with bootloader, syslinux would load it; give the initrd as guest.initrd`}},
+		{"cmdline too long with bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: "+strings.Repeat("x", MaxBootloaderCmdline+1)+"\n  bootloader: syslinux"),
+			[]string{`t.yaml:6:12: guest.cmdline: 4001 bytes long; with bootloader the most is 4000`}},
+		{"cmdline - with bootloader", edit(t, "  cmdline: console=ttyS0", "  cmdline: '-'\n  bootloader: syslinux"),
+			[]string{`t.yaml:6:12: guest.cmdline: "-" means no command line to syslinux`}},
+
 		// Versions and documents.
 		{"wrong apiVersion", edit(t, "apiVersion: bunkerbuild/v1", "apiVersion: bunkerbuild/v2\nfuture: {}"),
 			[]string{`t.yaml:1:13: apiVersion: unsupported version "bunkerbuild/v2"; this bunkerbuild reads "bunkerbuild/v1"`}},
@@ -401,6 +507,71 @@ func checkErrors(t *testing.T, err error, file string) {
 			t.Errorf("error %q comes after one at %v", re, prev)
 		}
 		prev = re.Pos
+	}
+}
+
+// TestValidateFirmwareBoot checks a recipe built in code: Parse's
+// defaults are the caller's to set.
+func TestValidateFirmwareBoot(t *testing.T) {
+	r := &Recipe{
+		File:       "built",
+		APIVersion: APIVersion,
+		Name:       "in-code",
+		Guest:      Guest{Kernel: "/k", Bootloader: BootloaderSyslinux, BootDiskSize: DefaultBootDiskSize, Firmware: Default},
+		Machine:    Machine{Memory: 1 << 30, CPUs: 1, Profile: ProfileFull, Serial: true},
+		Booted:     Booted{GuestSignal: true, Timeout: time.Minute},
+		Output:     Output{Path: "/o.bbsnap", SigningKey: "/key"},
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	r.Guest.BootDiskSize, r.Guest.Firmware = 0, ""
+	want := `built: guest.boot-disk-size: 0 bytes is out of range; a boot disk is 40M to 1024G
+built: guest.firmware: not set; booting through the firmware needs a BIOS image (a path, or default)`
+	if err := r.Validate(); err == nil || err.Error() != want {
+		t.Errorf("Validate:\n%v\nwant:\n%s", err, want)
+	}
+	r.Guest = Guest{Kernel: "/k", BootDiskSize: 64 << 20, Firmware: "bios.bin"}
+	want = `built: guest.boot-disk-size: only with bootloader: the size of the disk the boot loader is installed on
+built: guest.firmware: only with disk or bootloader: a kernel alone is loaded without firmware`
+	if err := r.Validate(); err == nil || err.Error() != want {
+		t.Errorf("Validate:\n%v\nwant:\n%s", err, want)
+	}
+	r.Guest = Guest{Disk: "/d.img", Firmware: "bios.bin"}
+	want = `built: guest.firmware: "bios.bin" is not an absolute path`
+	if err := r.Validate(); err == nil || err.Error() != want {
+		t.Errorf("Validate:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// TestBootloaderCmdline requires the recipe's rules for a command line
+// with bootloader to be the ones the disk is made with.
+func TestBootloaderCmdline(t *testing.T) {
+	if MaxBootloaderCmdline != diskimage.MaxSyslinuxCmdline {
+		t.Errorf("MaxBootloaderCmdline = %d, diskimage.MaxSyslinuxCmdline = %d", MaxBootloaderCmdline, diskimage.MaxSyslinuxCmdline)
+	}
+	r := &Recipe{
+		File:       "built",
+		APIVersion: APIVersion,
+		Name:       "in-code",
+		Machine:    Machine{Memory: 1 << 30, CPUs: 1, Profile: ProfileFull, Serial: true},
+		Booted:     Booted{GuestSignal: true, Timeout: time.Minute},
+		Output:     Output{Path: "/o.bbsnap", SigningKey: "/key"},
+	}
+	for _, cmdline := range []string{
+		"", "console=ttyS0 quiet", "a\nb", "a\rb", "a\tb", "a\x00b", "a\x7fb", "a\x1bb", "é ü", "\xff",
+		"initrd=/x", "quiet initrd=", "myinitrd=x", "x=initrd=y", "-", " - ", "--", "- x", "x -",
+		strings.Repeat("x", MaxBootloaderCmdline), strings.Repeat("x", MaxBootloaderCmdline+1),
+	} {
+		r.Guest = Guest{Kernel: "/k", Cmdline: cmdline, Bootloader: BootloaderSyslinux, BootDiskSize: DefaultBootDiskSize, Firmware: Default}
+		err := r.Validate()
+		if err != nil && !strings.Contains(err.Error(), "guest.cmdline: ") {
+			t.Fatalf("Validate(%q): %v", cmdline, err)
+		}
+		derr := diskimage.CheckSyslinuxCmdline(cmdline)
+		if (err == nil) != (derr == nil) {
+			t.Errorf("command line %q: recipe says %v, diskimage says %v", cmdline, err, derr)
+		}
 	}
 }
 
@@ -516,5 +687,11 @@ func TestSuggest(t *testing.T) {
 		if got := suggest(tc.section, tc.key); got != tc.want {
 			t.Errorf("suggest(%q, %q) = %q, want %q", tc.section, tc.key, got, tc.want)
 		}
+	}
+}
+
+func TestMaxFirmwareSizeIsTheROMWindow(t *testing.T) {
+	if rom := inventory.MustGet(inventory.BIOSROM); rom.Size != MaxFirmwareSize {
+		t.Errorf("MaxFirmwareSize %d, the inventory's %s window %d", MaxFirmwareSize, rom.ID, rom.Size)
 	}
 }

@@ -1,7 +1,9 @@
 package recipe
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,6 +99,7 @@ func (v *validator) top() {
 
 func (v *validator) guest() {
 	g := v.r.Guest
+	bootloader := v.check("guest.bootloader", g.Bootloader != "", false)
 	switch {
 	case g.Kernel != "" && g.Disk != "":
 		v.errorf("guest.disk", "give kernel or disk, not both")
@@ -111,15 +114,95 @@ func (v *validator) guest() {
 		if g.Cmdline != "" {
 			v.errorf("guest.cmdline", "only with kernel: a disk image boots through its own boot loader")
 		}
+		if bootloader {
+			v.errorf("guest.bootloader", "only with kernel: a disk image boots through its own boot loader")
+		}
 	}
 	v.path("guest.kernel", g.Kernel, true)
 	v.path("guest.initrd", g.Initrd, true)
 	v.path("guest.disk", g.Disk, false)
-	if len(g.Cmdline) > MaxCmdlineLen {
-		v.errorf("guest.cmdline", "%d bytes long; the most is %d", len(g.Cmdline), MaxCmdlineLen)
+	if bootloader && g.Bootloader != BootloaderSyslinux {
+		v.errorf("guest.bootloader", "unknown boot loader %q; the one supported is %q", g.Bootloader, BootloaderSyslinux)
 	}
-	if strings.ContainsRune(g.Cmdline, 0) {
-		v.errorf("guest.cmdline", "contains a NUL byte")
+	if g.Bootloader == BootloaderSyslinux {
+		v.syslinuxCmdline(g.Cmdline)
+	} else {
+		if len(g.Cmdline) > MaxCmdlineLen {
+			v.errorf("guest.cmdline", "%d bytes long; the most is %d", len(g.Cmdline), MaxCmdlineLen)
+		}
+		if strings.ContainsRune(g.Cmdline, 0) {
+			v.errorf("guest.cmdline", "contains a NUL byte")
+		}
+	}
+
+	sizeGiven := v.check("guest.boot-disk-size", g.BootDiskSize != 0, false)
+	if !v.bad("guest.boot-disk-size") && !v.bad("guest.bootloader") {
+		switch n := g.BootDiskSize; {
+		case g.Bootloader == "":
+			if sizeGiven && !bootloader {
+				v.errorf("guest.boot-disk-size", "only with bootloader: the size of the disk the boot loader is installed on")
+			}
+		case n < MinBootDiskSize || n > MaxBootDiskSize:
+			v.errorf("guest.boot-disk-size", "%s is out of range; a boot disk is %s to %s", formatSize(n), formatSize(MinBootDiskSize), formatSize(MaxBootDiskSize))
+		case n%MemoryAlign != 0:
+			v.errorf("guest.boot-disk-size", "%s is not a whole number of MiB", formatSize(n))
+		}
+	}
+
+	switch {
+	case v.check("guest.firmware", g.Firmware != "", false):
+		if g.FirmwareBoot() {
+			v.firmware(g.Firmware)
+		} else if !v.bad("guest.disk") && !v.bad("guest.bootloader") {
+			v.errorf("guest.firmware", "only with disk or bootloader: a kernel alone is loaded without firmware")
+		}
+	case g.FirmwareBoot() && !v.bad("guest.firmware"):
+		v.errorf("guest.firmware", "not set; booting through the firmware needs a BIOS image (a path, or %s)", Default)
+	}
+}
+
+// syslinuxCmdline checks that syslinux.cfg can hold cmdline as it is:
+// the rules of internal/diskimage.CheckSyslinuxCmdline, which a test
+// compares.
+func (v *validator) syslinuxCmdline(cmdline string) {
+	if len(cmdline) > MaxBootloaderCmdline {
+		v.errorf("guest.cmdline", "%d bytes long; with bootloader the most is %d", len(cmdline), MaxBootloaderCmdline)
+	}
+	if i := strings.IndexFunc(cmdline, func(r rune) bool { return r < ' ' || r == 0x7f }); i >= 0 {
+		v.errorf("guest.cmdline", "control character %q at byte %d; with bootloader the command line is a line of syslinux.cfg", cmdline[i], i)
+	}
+	for _, word := range strings.Fields(cmdline) {
+		if strings.HasPrefix(word, "initrd=") {
+			v.errorf("guest.cmdline", "%q: with bootloader, syslinux would load it; give the initrd as guest.initrd", word)
+			break
+		}
+	}
+	if strings.TrimSpace(cmdline) == "-" {
+		v.errorf("guest.cmdline", `"-" means no command line to syslinux`)
+	}
+}
+
+// firmware checks guest.firmware: Default, or a regular file of a whole
+// number of FirmwareAlign bytes, at most MaxFirmwareSize.
+func (v *validator) firmware(p string) {
+	if p == Default {
+		return
+	}
+	if !filepath.IsAbs(p) {
+		v.path("guest.firmware", p, true)
+		return
+	}
+	st, err := os.Stat(p)
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &pe):
+		v.errorf("guest.firmware", "%s: %v", p, pe.Err)
+	case err != nil:
+		v.errorf("guest.firmware", "%v", err)
+	case !st.Mode().IsRegular():
+		v.errorf("guest.firmware", "%s is not a regular file", p)
+	case st.Size() <= 0 || st.Size()%FirmwareAlign != 0 || st.Size() > MaxFirmwareSize:
+		v.errorf("guest.firmware", "%s is %d bytes; a BIOS image is a whole number of %s, at most %s", p, st.Size(), formatSize(FirmwareAlign), formatSize(MaxFirmwareSize))
 	}
 }
 
@@ -270,6 +353,7 @@ func (v *validator) output() {
 			{"guest.kernel", g.Kernel},
 			{"guest.initrd", g.Initrd},
 			{"guest.disk", g.Disk},
+			{"guest.firmware", g.Firmware},
 			{"the recipe", v.recipePath()},
 		} {
 			if in.path != "" && in.path == o.Path {
