@@ -69,9 +69,8 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	if len(o.StageCommand) == 0 || o.Run == nil {
 		return nil, errors.New("build: no boot stage command or runner")
 	}
-	switch {
-	case r.Guest.Disk != "":
-		return nil, r.Errorf("guest.disk", "booting from a disk image is not supported yet")
+	if err := checkBootDisk(r); err != nil {
+		return nil, err
 	}
 	// Load the key before booting anything: a missing key should not cost a boot.
 	key, err := snapshots.LoadPrivateKey(r.Output.SigningKey)
@@ -79,14 +78,20 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 		return nil, fmt.Errorf("%v: signing key: %w (make one with: bunkerbuild keygen %s KEY.pub)", r.Pos("output.signing-key"), err, r.Output.SigningKey)
 	}
 
-	p.stage("guest", "resolving the kernel and initramfs")
-	kernel, initrd, err := resolveGuest(ctx, r, o.CacheDir, p)
-	if err != nil {
-		return nil, err
+	var kernel, initrd string
+	if r.Guest.Kernel != "" {
+		p.stage("guest", "resolving the kernel and initramfs")
+		if kernel, initrd, err = resolveGuest(ctx, r, o.CacheDir, p); err != nil {
+			return nil, err
+		}
+		p.step("kernel %s", kernel)
+		if initrd != "" {
+			p.step("initrd %s", initrd)
+		}
 	}
-	p.step("kernel %s", kernel)
-	if initrd != "" {
-		p.step("initrd %s", initrd)
+	firmware := r.Guest.Firmware
+	if firmware == recipe.Default {
+		firmware = recipe.DefaultFirmware
 	}
 
 	p.stage("boot", "booting on the full-device VMM in an isolated child (%d vCPUs, %d MiB)", r.Machine.CPUs, r.Machine.Memory>>20)
@@ -107,6 +112,21 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	if spec.Disks, err = makeDisks(dir, r, p); err != nil {
 		return nil, err
 	}
+	inputs := []string{kernel}
+	if initrd != "" {
+		inputs = append(inputs, initrd)
+	}
+	if r.Guest.FirmwareBoot() {
+		boot, err := makeBootDisk(ctx, dir, r, kernel, initrd, p)
+		if err != nil {
+			return nil, err
+		}
+		// The BIOS boots the first disk; the kernel and initrd are on it.
+		spec.Disks = append([]StageDisk{boot}, spec.Disks...)
+		spec.Kernel, spec.Initrd, spec.Firmware = "", "", firmware
+		inputs = []string{firmware}
+		p.step("firmware %s", firmware)
+	}
 	switch {
 	case r.Booted.Console != nil:
 		spec.Console = r.Booted.Console.String()
@@ -121,10 +141,6 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	if err := fsutil.WriteBytes(filepath.Join(dir, SpecFile), 0o600, b); err != nil {
 		return nil, err
 	}
-	inputs := []string{kernel}
-	if initrd != "" {
-		inputs = append(inputs, initrd)
-	}
 	argv := append(append([]string(nil), o.StageCommand...), dir)
 	bootStart := time.Now()
 	if err := o.Run(ctx, argv, inputs, []string{"/dev/kvm"}, dir, p.prefixed("  boot: ")); err != nil {
@@ -134,16 +150,30 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 		return nil, fmt.Errorf("boot stage: %w%s", err, consoleTail(dir))
 	}
 	p.step("booted and captured in %v", time.Since(bootStart).Round(time.Millisecond))
+	for _, c := range []struct{ file, suffix string }{{ConsoleFile, ConsoleLogSuffix}, {OtherConsoleFile, OtherConsoleLogSuffix}} {
+		if kept, err := keepConsole(filepath.Join(dir, c.file), r.Output.Path+c.suffix); err != nil {
+			return nil, err
+		} else if kept {
+			p.step("boot console log: %s", r.Output.Path+c.suffix)
+		}
+	}
 
 	p.stage("sign", "writing %s", r.Output.Path)
 	cfg := snapshots.Config{Created: time.Now().UTC(), BuilderVersion: o.Version,
-		BootProfile: inventory.Full.String(), ResumeProfile: inventory.Minimal.String(),
+		BootProfile: bootProfile(r).String(), ResumeProfile: inventory.Minimal.String(),
 		InventoryDigest: digest.Digest(inventory.Digest()), VCPUs: r.Machine.CPUs}
 	if cfg.Recipe, err = source(r.File, r.Name, ""); err != nil {
 		return nil, err
 	}
-	if cfg.Kernel, err = source(kernel, filepath.Base(kernel), kernelRelease(kernel)); err != nil {
-		return nil, err
+	if kernel != "" {
+		if cfg.Kernel, err = source(kernel, filepath.Base(kernel), kernelRelease(kernel)); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Firmware != "" {
+		if cfg.Firmware, err = source(firmware, filepath.Base(firmware), ""); err != nil {
+			return nil, err
+		}
 	}
 	if initrd != "" {
 		if cfg.Initrd, err = source(initrd, filepath.Base(initrd), ""); err != nil {
@@ -308,6 +338,99 @@ func makeDisks(dir string, r *recipe.Recipe, p *progress) ([]StageDisk, error) {
 		out = append(out, StageDisk{File: name, ID: d.ID, ReadOnly: d.ReadOnly})
 	}
 	return out, nil
+}
+
+// ConsoleLogSuffix names the copy of the boot's console log a build
+// keeps next to the artifact, ARTIFACT.console.log: the output of the
+// guest's /dev/console. OtherConsoleLogSuffix names the other console's,
+// when it wrote anything: with console=ttyS0 console=hvc0, the serial
+// port's, where firmware and a boot loader print.
+const (
+	ConsoleLogSuffix      = ".console.log"
+	OtherConsoleLogSuffix = ".console-other.log"
+)
+
+// keepConsole copies a console log of the stage to path, for a person to
+// read what the boot printed, unless it is missing or empty.
+func keepConsole(log, path string) (bool, error) {
+	f, err := os.Open(log)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("boot stage console log: %w", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || st.Size() == 0 {
+		return false, err
+	}
+	return true, fsutil.WriteFile(path, 0o644, func(w io.Writer) error {
+		_, err := io.Copy(w, io.LimitReader(f, maxConsoleLog))
+		return err
+	})
+}
+
+// maxConsoleLog bounds the console log a build keeps: its first 64 MiB.
+const maxConsoleLog = 64 << 20
+
+// bootDiskID is the ID of the disk a firmware boot boots from, which the
+// build makes or copies; it is the machine's first disk.
+const bootDiskID = "boot"
+
+// checkBootDisk checks that the boot disk of a firmware boot fits
+// beside the recipe's disks.
+func checkBootDisk(r *recipe.Recipe) error {
+	if !r.Guest.FirmwareBoot() {
+		return nil
+	}
+	if n := len(r.Machine.Disks); n >= recipe.MaxDisks {
+		return r.Errorf("machine.disks", "%d disks, and the boot disk makes %d: at most %d", n, n+1, recipe.MaxDisks)
+	}
+	for i, d := range r.Machine.Disks {
+		if d.ID == bootDiskID {
+			return r.Errorf(fmt.Sprintf("machine.disks[%d].id", i), "id %q is the boot disk's", bootDiskID)
+		}
+	}
+	return nil
+}
+
+// bootProfile is the profile the recipe's guest boots on.
+func bootProfile(r *recipe.Recipe) inventory.Profile {
+	if r.Guest.FirmwareBoot() {
+		return inventory.FullFirmware
+	}
+	return inventory.Full
+}
+
+// makeBootDisk makes the disk a firmware boot boots from, in dir: a copy
+// of guest.disk, or a new disk with the kernel, the initrd and the boot
+// loader.
+func makeBootDisk(ctx context.Context, dir string, r *recipe.Recipe, kernel, initrd string, p *progress) (StageDisk, error) {
+	const name = "boot.img"
+	path := filepath.Join(dir, name)
+	if r.Guest.Disk != "" {
+		if err := diskimage.Copy(path, r.Guest.Disk); err != nil {
+			return StageDisk{}, fmt.Errorf("%v: %w", r.Pos("guest.disk"), err)
+		}
+		p.step("boot disk: a copy of %s", r.Guest.Disk)
+		return StageDisk{File: name, ID: bootDiskID}, nil
+	}
+	files := []diskimage.File{{Name: "vmlinuz", Path: kernel}}
+	initrdName := ""
+	if initrd != "" {
+		initrdName = "initrd.img"
+		files = append(files, diskimage.File{Name: initrdName, Path: initrd})
+	}
+	cfg, err := diskimage.SyslinuxConfig("vmlinuz", initrdName, r.Guest.Cmdline)
+	if err != nil {
+		return StageDisk{}, fmt.Errorf("%v: %w", r.Pos("guest.cmdline"), err)
+	}
+	spec := diskimage.SyslinuxSpec{Size: r.Guest.BootDiskSize, Label: "BOOT", Files: files, Config: cfg}
+	if err := diskimage.NewSyslinux(ctx, path, spec); err != nil {
+		return StageDisk{}, fmt.Errorf("%v: boot disk: %w", r.Pos("guest.bootloader"), err)
+	}
+	p.step("boot disk: new, %d MiB, MBR with syslinux, one FAT32 partition with the kernel and initrd", spec.Size>>20)
+	return StageDisk{File: name, ID: bootDiskID}, nil
 }
 
 func readBounded(path string, max int64) ([]byte, error) {

@@ -24,11 +24,14 @@ import (
 // StageSpec tells the boot stage what to boot and when to capture it. The
 // parent writes it as SpecFile in the stage's output directory.
 type StageSpec struct {
-	Kernel  string `json:"kernel"`
+	Kernel  string `json:"kernel,omitempty"`
 	Initrd  string `json:"initrd,omitempty"`
 	Cmdline string `json:"cmdline"`
-	Memory  uint64 `json:"memory"`
-	CPUs    int    `json:"cpus"`
+	// Firmware, instead of Kernel, boots the BIOS image at this path,
+	// which boots the first disk.
+	Firmware string `json:"firmware,omitempty"`
+	Memory   uint64 `json:"memory"`
+	CPUs     int    `json:"cpus"`
 
 	// Exactly one booted condition.
 	Console    string        `json:"console,omitempty"`     // regexp matched per console line
@@ -90,11 +93,6 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
 
-	kernel, err := os.Open(spec.Kernel)
-	if err != nil {
-		return err
-	}
-	defer kernel.Close()
 	vmmLog, err := os.Create(filepath.Join(dir, VMMLogFile))
 	if err != nil {
 		return err
@@ -102,8 +100,23 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	defer vmmLog.Close()
 	cfg := machine.Config{Profile: inventory.Full, Handoff: true, Policy: bus.Deny, Memory: spec.Memory, CPUs: spec.CPUs,
 		Cmdline: spec.Cmdline, Log: log.New(vmmLog, "", log.Lmicroseconds)}
-	if cfg.Kernel, err = section(kernel); err != nil {
-		return err
+	switch {
+	case spec.Firmware != "" && spec.Kernel != "":
+		return errors.New("the stage spec names a kernel and firmware")
+	case spec.Firmware != "":
+		cfg.Profile = inventory.FullFirmware
+		if cfg.Firmware, err = machine.ReadFirmware(spec.Firmware); err != nil {
+			return err
+		}
+	default:
+		kernel, err := os.Open(spec.Kernel)
+		if err != nil {
+			return err
+		}
+		defer kernel.Close()
+		if cfg.Kernel, err = section(kernel); err != nil {
+			return err
+		}
 	}
 	if spec.Initrd != "" {
 		f, err := os.Open(spec.Initrd)

@@ -40,6 +40,8 @@ type Config struct {
 	Recipe *Source `json:"recipe,omitempty"` // the recipe the guest was built from
 	Kernel *Source `json:"kernel,omitempty"` // the guest kernel
 	Initrd *Source `json:"initrd,omitempty"` // the guest initramfs
+	// Firmware is the BIOS image of a guest booted from a disk.
+	Firmware *Source `json:"firmware,omitempty"`
 
 	Labels map[string]string `json:"labels,omitempty"`
 }
@@ -169,7 +171,7 @@ func (c *Config) validateFields() error {
 	if len(c.CPUID) == 0 || len(c.CPUID) > MaxCPUIDEntries {
 		return fmt.Errorf("%d CPUID entries, want 1..%d", len(c.CPUID), MaxCPUIDEntries)
 	}
-	for name, s := range map[string]*Source{"recipe": c.Recipe, "kernel": c.Kernel, "initrd": c.Initrd} {
+	for name, s := range map[string]*Source{"recipe": c.Recipe, "kernel": c.Kernel, "initrd": c.Initrd, "firmware": c.Firmware} {
 		if s == nil {
 			continue
 		}

@@ -46,10 +46,11 @@ func VMFlags() []cli.Flag {
 func Run() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
-		Usage:     "boot a Linux kernel in the foreground, its serial console on this terminal (Ctrl-A x quits)",
+		Usage:     "boot a Linux kernel, or a disk through a BIOS, in the foreground, its serial console on this terminal (Ctrl-A x quits)",
 		ArgsUsage: " ",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "kernel", Required: true, Usage: "bzImage to boot"},
+			&cli.StringFlag{Name: "kernel", Usage: "bzImage to boot"},
+			&cli.StringFlag{Name: "firmware", Usage: "instead of a kernel, boot this BIOS image (Debian's SeaBIOS is /usr/share/seabios/bios-256k.bin), which boots the first --disk; the profile is then full+firmware"},
 			&cli.StringFlag{Name: "initrd", Usage: "initramfs to load"},
 			&cli.StringFlag{Name: "cmdline", Value: DefaultCmdline, Usage: "kernel command line"},
 			&cli.StringSliceFlag{Name: "disk", Usage: "PATH[:ro]: a raw disk image as the next virtio-blk disk, its ID disk0, disk1, ... (repeatable; :ro offers it read-only)"},
@@ -59,9 +60,23 @@ func Run() *cli.Command {
 			if c.NArg() > 0 {
 				return UsageError("run takes no arguments, got %q", c.Args().Slice())
 			}
+			if (c.String("kernel") == "") == (c.String("firmware") == "") {
+				return UsageError("give --kernel or --firmware")
+			}
 			cfg, err := MachineConfig(c, c.String("kernel"), c.String("initrd"), c.String("cmdline"))
 			if err != nil {
 				return err
+			}
+			if fw := c.String("firmware"); fw != "" {
+				if c.IsSet("initrd") {
+					return UsageError("--initrd: a firmware boot loads what the disk's boot loader loads")
+				}
+				if cfg.Firmware, err = machine.ReadFirmware(fw); err != nil {
+					return UsageError("--firmware: %v", err)
+				}
+				if !c.IsSet("profile") {
+					cfg.Profile = inventory.FullFirmware
+				}
 			}
 			for i, d := range c.StringSlice("disk") {
 				path, ro := strings.CutSuffix(d, ":ro")
@@ -107,6 +122,9 @@ func MachineConfig(c *cli.Context, kernel, initrd, cmdline string) (machine.Conf
 	cfg.RecordMSRs, cfg.SerialConsole = c.Bool("record-msrs"), c.Bool("serial")
 	// The files are read straight into guest memory when the machine is
 	// created; the process exits soon after, which closes them.
+	if kernel == "" {
+		return cfg, nil
+	}
 	if cfg.Kernel, err = openImage(kernel); err != nil {
 		return cfg, UsageError("kernel: %v", err)
 	}

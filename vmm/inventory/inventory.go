@@ -85,6 +85,14 @@ const (
 	Full Profile = 1 << iota
 	// Minimal is the production device set: required devices only.
 	Minimal
+	// Firmware is the PC platform a BIOS needs, which a machine that
+	// boots a disk through SeaBIOS offers on top of Full: fw_cfg, the
+	// ROM, the A20 gate, the ISA bridge. Such a machine's profile is the
+	// set FullFirmware.
+	Firmware
+
+	// FullFirmware is the profile of a machine booting through firmware.
+	FullFirmware = Full | Firmware
 )
 
 // Profiles is a set of profiles.
@@ -97,6 +105,9 @@ func (p Profile) String() string {
 	}
 	if p&Minimal != 0 {
 		names = append(names, "minimal")
+	}
+	if p&Firmware != 0 {
+		names = append(names, "firmware")
 	}
 	if len(names) == 0 {
 		return "none"
@@ -114,8 +125,10 @@ func ParseProfile(s string) (Profile, error) {
 		return Full, nil
 	case "minimal":
 		return Minimal, nil
+	case "full+firmware":
+		return FullFirmware, nil
 	}
-	return 0, fmt.Errorf("unknown device profile %q (want full or minimal)", s)
+	return 0, fmt.Errorf("unknown device profile %q (want full, full+firmware or minimal)", s)
 }
 
 // ID names an entry. Devices find their resources by ID.

@@ -10,8 +10,16 @@ func TestTableSortedAndDisjoint(t *testing.T) {
 		if a.Space > b.Space || a.Space == b.Space && a.Base > b.Base {
 			t.Errorf("table not sorted: %v before %v", a, b)
 		}
-		if a.Space == b.Space && a.Space != SpaceKernel && a.Space != SpacePV && a.End() > b.Base && a.Profiles&b.Profiles != 0 {
-			t.Errorf("%v overlaps %v in profile %v", a, b, a.Profiles&b.Profiles)
+	}
+	// A machine's profile is Full, Minimal or FullFirmware; no two entries
+	// one of them offers may overlap.
+	for _, p := range []Profile{Full, Minimal, FullFirmware} {
+		es := For(p)
+		for i := 1; i < len(es); i++ {
+			a, b := es[i-1], es[i]
+			if a.Space == b.Space && a.Space != SpaceKernel && a.Space != SpacePV && a.End() > b.Base {
+				t.Errorf("%v overlaps %v in profile %v", a, b, p)
+			}
 		}
 	}
 }
@@ -32,8 +40,11 @@ func TestEntriesWellFormed(t *testing.T) {
 		if e.Size == 0 {
 			t.Errorf("%v is empty", e)
 		}
-		if e.Profiles&^(Full|Minimal) != 0 || e.Profiles == 0 {
+		if e.Profiles&^(Full|Minimal|Firmware) != 0 || e.Profiles == 0 {
 			t.Errorf("%v has profiles %v", e, e.Profiles)
+		}
+		if e.Profiles&Firmware != 0 && (e.Class != Legacy || e.Profiles != Firmware) {
+			t.Errorf("%v: firmware entries are legacy, and offered only with firmware (profiles %v)", e, e.Profiles)
 		}
 		if e.Class == Legacy && e.In(Minimal) {
 			t.Errorf("%v is legacy but offered by the minimal profile", e)

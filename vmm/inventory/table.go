@@ -27,6 +27,12 @@ const (
 	VirtioBlock      ID = "virtio-blk"
 	VirtioNet        ID = "virtio-net"
 
+	A20Gate   ID = "port-92"
+	FwCfg     ID = "fw-cfg"
+	FwCfgDMA  ID = "fw-cfg-dma"
+	BIOSROM   ID = "bios-rom"
+	ISABridge ID = "piix3-isa"
+
 	KVMClockMSRs ID = "kvmclock-msrs"
 
 	PVClockSource2 ID = "pv-clocksource2"
@@ -59,12 +65,18 @@ var table = []Entry{
 		Why: "CMOS/RTC: wall-clock time before kvmclock, memory size for firmware"},
 	{ID: POST, Space: SpacePIO, Base: 0x80, Size: 1, Class: Legacy, Owner: "post", Profiles: Full, IRQ: -1,
 		Why: "POST diagnostic port: I/O delay writes"},
+	{ID: A20Gate, Space: SpacePIO, Base: 0x92, Size: 1, Class: Legacy, Owner: "port-92", Profiles: Firmware, IRQ: -1,
+		Why: "System Control Port A: the fast A20 gate the BIOS opens, and its reset bit"},
 	{ID: PICSlave, Space: SpacePIO, Base: 0xa0, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
 		Why: "8259 slave"},
 	{ID: COM1, Space: SpacePIO, Base: 0x3f8, Size: 8, Class: Console, Owner: "serial", Profiles: Full, IRQ: 4,
 		Why: "16550A console; extraneous, offered as the boot console and as an explicit opt-in"},
 	{ID: ELCR, Space: SpacePIO, Base: 0x4d0, Size: 2, Class: Legacy, Owner: "kvm-pic", Profiles: Full, IRQ: -1, InKernel: true,
 		Why: "8259 edge/level control"},
+	{ID: FwCfg, Space: SpacePIO, Base: 0x510, Size: 2, Class: Legacy, Owner: "fw-cfg", Profiles: Firmware, IRQ: -1,
+		Why: "firmware configuration selector (16-bit) and data (8-bit): the memory map, CPU count, boot order and ACPI tables SeaBIOS reads"},
+	{ID: FwCfgDMA, Space: SpacePIO, Base: 0x514, Size: 8, Class: Legacy, Owner: "fw-cfg", Profiles: Firmware, IRQ: -1,
+		Why: "firmware configuration DMA address (big-endian, high half then low half, which starts the transfer)"},
 	{ID: ACPIEvt, Space: SpacePIO, Base: 0x600, Size: 4, Class: Legacy, Owner: "acpi-pm", Profiles: Full, IRQ: 9,
 		Why: "ACPI PM1a event block: fixed-event setup while ACPI starts; a booted guest needs it only for power-button events, which production never sends"},
 	{ID: ACPICnt, Space: SpacePIO, Base: 0x604, Size: 2, Class: Required, Owner: "acpi-pm", Profiles: both, IRQ: -1,
@@ -84,6 +96,10 @@ var table = []Entry{
 		Why: "IOAPIC registers: routing of device interrupts as MSIs (split irqchip: no PIC, no PIT)"},
 	{ID: LAPICMem, Space: SpaceMMIO, Base: 0xfee00000, Size: 0x1000, Class: Required, Owner: "kvm-lapic", Profiles: both, IRQ: -1, InKernel: true,
 		Why: "local APIC registers (xAPIC mode): timer, IPIs, EOI"},
+	// Reads of the ROM are KVM's (a read-only memory slot); writes exit
+	// and are dropped.
+	{ID: BIOSROM, Space: SpaceMMIO, Base: 0xfffc0000, Size: 0x40000, Class: Legacy, Owner: "firmware", Profiles: Firmware, IRQ: -1,
+		Why: "the BIOS image, read-only, ending at 4 GiB where the CPU starts; its last 128 KiB is also copied to RAM at 0xE0000, which SeaBIOS shadows"},
 
 	// MSRs. KVM serves them; its MSR filter denies every MSR not listed
 	// for the machine's profile. The list is what the stock Debian 6.12
@@ -147,4 +163,6 @@ var table = []Entry{
 		Why: "virtio-blk: up to four disks on raw image files"},
 	{ID: VirtioNet, Space: SpacePCI, Base: 7, Size: 1, Class: Required, Owner: "virtio-net", Profiles: both, IRQ: -1,
 		Why: "virtio-net: one NIC; disconnected during the build, on a tap after resume"},
+	{ID: ISABridge, Space: SpacePCI, Base: 8, Size: 1, Class: Legacy, Owner: "piix3", Profiles: Firmware, IRQ: -1,
+		Why: "PIIX3 ISA bridge: the BIOS programs its PCI interrupt routing; no device uses INTx"},
 }

@@ -14,12 +14,12 @@ type bootEntry linux.Entry
 
 // loadGuest writes the ACPI tables, the kernel, its initrd and boot_params
 // into guest memory.
-func (m *Machine) loadGuest() (bootEntry, error) {
+func (m *Machine) loadGuest() (*bootEntry, error) {
 	tables := acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs)
 	tables.Handoff = m.cfg.Handoff
 	rsdp, err := acpi.Build(m.mem, tables)
 	if err != nil {
-		return bootEntry{}, fmt.Errorf("build ACPI tables: %w", err)
+		return nil, fmt.Errorf("build ACPI tables: %w", err)
 	}
 	p := linux.Params{
 		Kernel:  m.cfg.Kernel,
@@ -33,9 +33,10 @@ func (m *Machine) loadGuest() (bootEntry, error) {
 	}
 	l, err := linux.Load(m.mem, p)
 	if err != nil {
-		return bootEntry{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return bootEntry(l.Entry), nil
+	e := bootEntry(l.Entry)
+	return &e, nil
 }
 
 func seg(s linux.Segment) kvm.Segment {

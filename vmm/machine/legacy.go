@@ -39,7 +39,8 @@ func (m *Machine) legacyDevices(devs deviceSet) error {
 	}
 	regs := memory.Regions(m.cfg.Memory)
 	ctx := bootset.Context{Offers: m.offers, IRQLine: m.irqLine, Reset: func() { m.guestExit(ExitReboot) },
-		LowMem: regs[0].Size, CPUs: m.cfg.CPUs}
+		LowMem: regs[0].Size, CPUs: m.cfg.CPUs, Firmware: m.firmware, Memory: m.mem,
+		Log: func(err error) { m.cfg.Log.Printf("firmware: %v", err) }}
 	if len(regs) > 1 {
 		ctx.HighMem = regs[1].Size
 	}

@@ -51,6 +51,13 @@ type Config struct {
 	Initrd  Image // optional
 	Cmdline string
 
+	// Firmware, instead of Kernel, boots the machine through a BIOS image
+	// (SeaBIOS), which boots the first disk. The profile must then be
+	// inventory.FullFirmware. Cmdline may still give the command line the
+	// disk's boot loader passes, if known: the consoles follow its last
+	// console=.
+	Firmware []byte
+
 	// ConsoleIn and ConsoleOut are the host side of the guest's console:
 	// the serial port or virtio-console's hvc0, whichever the guest's
 	// /dev/console is (the last console= of the command line; the
@@ -89,7 +96,11 @@ func (c *Config) check() error {
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if err := c.checkKernel(); err != nil {
+	check := c.checkKernel
+	if c.Firmware != nil {
+		check = c.checkFirmware
+	}
+	if err := check(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
@@ -102,8 +113,8 @@ func (c *Config) validate() error {
 	if c.Memory < memory.MinSize || c.Memory > memory.MaxSize {
 		return fmt.Errorf("memory size %d MiB out of range (%d MiB to %d GiB)", c.Memory>>20, memory.MinSize>>20, memory.MaxSize>>30)
 	}
-	if c.Profile != inventory.Full && c.Profile != inventory.Minimal {
-		return fmt.Errorf("device profile %v: want exactly one of full or minimal", c.Profile)
+	if c.Profile != inventory.Full && c.Profile != inventory.Minimal && c.Profile != inventory.FullFirmware {
+		return fmt.Errorf("device profile %v: want full, full+firmware or minimal", c.Profile)
 	}
 	return nil
 }
@@ -157,6 +168,8 @@ type Machine struct {
 	pm     *acpipm.PM
 	uart   *serial.UART // nil without a serial console
 	boot   bootset.Set  // the boot-time devices; nil on the minimal profile
+	// firmware is what a firmware boot tells the BIOS; nil otherwise.
+	firmware *bootset.Firmware
 
 	pci       *pci.Host
 	bridge    *pci.Endpoint
@@ -192,15 +205,21 @@ func New(cfg Config) (_ *Machine, err error) {
 		}
 	}()
 	// Load the guest before touching KVM, so that bad input is reported
-	// as such on any machine.
-	entry, err := m.loadGuest()
+	// as such on any machine. A firmware boot starts the vCPUs as a PC
+	// does, at the reset vector.
+	var entry *bootEntry
+	if cfg.Firmware != nil {
+		err = m.loadFirmware()
+	} else {
+		entry, err = m.loadGuest()
+	}
 	if err != nil {
 		return nil, err
 	}
 	if err = m.createVM(); err != nil {
 		return nil, err
 	}
-	if err = m.createVCPUs(&entry, nil); err != nil {
+	if err = m.createVCPUs(entry, nil); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -249,6 +268,9 @@ func (m *Machine) createVM() error {
 		if err = m.vm.SetUserMemoryRegion(uint32(i), r.GPA, maps[i]); err != nil {
 			return err
 		}
+	}
+	if err = m.mapFirmware(uint32(len(regions))); err != nil {
+		return err
 	}
 	m.pio = bus.New(inventory.SpacePIO, m.cfg.Policy, m.cfg.Log)
 	m.mmio = bus.New(inventory.SpaceMMIO, m.cfg.Policy, m.cfg.Log)

@@ -36,6 +36,7 @@ const (
 	bridgeVendor = 0x8086
 	bridgeDevice = 0x1237
 	bridgeClass  = 0x060000
+	bridgePAM    = 0x59 // PAM0-6, seven registers
 )
 
 // pciFunction is a virtio device in a PCI slot.
@@ -47,9 +48,10 @@ type pciFunction struct {
 
 // pciDevices creates the PCI host, its bridge function and the virtio
 // devices the profile and configuration ask for, and adds the host's bus
-// devices (configuration ports and BAR window). Only a booting machine
-// places the BARs, as firmware would; a restored one takes them from the
-// snapshot.
+// devices (configuration ports and BAR window), and attaches the boot
+// set's PCI functions. A machine booting a kernel places the BARs, as
+// firmware would; one booting firmware leaves that to it; a restored one
+// takes them from the snapshot.
 func (m *Machine) pciDevices(devs deviceSet, boot bool) error {
 	if !m.offersEntry(inventory.PCIWindow) {
 		if len(m.cfg.Disks) > 0 || m.cfg.NIC != nil {
@@ -64,9 +66,31 @@ func (m *Machine) pciDevices(devs deviceSet, boot bool) error {
 	if err != nil {
 		return err
 	}
+	// PAM0-6: the BIOS makes its shadow RAM below 1 MiB writable with
+	// them. They are stored, and change nothing: that RAM is always
+	// writable here.
+	if err := bridge.AddRegisters(pci.Register{Off: bridgePAM, Value: make([]byte, 7),
+		Writable: []byte{0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33}}); err != nil {
+		return err
+	}
 	m.bridge = bridge
 	if err := m.pci.Attach(int(inventory.MustGet(inventory.PCIHostBridge).Base), bridge, nil); err != nil {
 		return err
+	}
+	for _, e := range m.entries() {
+		if e.Space != inventory.SpacePCI || e.Class != inventory.Legacy {
+			continue
+		}
+		var f *pci.Endpoint
+		if m.boot != nil {
+			f = m.boot.Functions()[e.ID]
+		}
+		if f == nil {
+			return fmt.Errorf("inventory entry %v is in profile %v but no function serves it", e, m.cfg.Profile)
+		}
+		if err := m.pci.Attach(int(e.Base), f, nil); err != nil {
+			return err
+		}
 	}
 	sink := msiSink{m.vm}
 	add := func(id inventory.ID, i int, b virtio.Backend) error {
@@ -83,8 +107,8 @@ func (m *Machine) pciDevices(devs deviceSet, boot bool) error {
 		if err := m.pci.Attach(slot, d.Endpoint, pciBARs{d}); err != nil {
 			return err
 		}
-		if boot {
-			// BAR 0 of slot n at n × its size from the window's base:
+		if boot && m.cfg.Firmware == nil {
+			// Without firmware to place them, BAR 0 of slot n at n × its size from the window's base:
 			// naturally aligned, and the slots' BARs never overlap.
 			if err := m.pci.Place(slot, 0, win.Base+uint64(slot)*virtio.BARSize); err != nil {
 				return err

@@ -64,8 +64,12 @@ func (m *Machine) createVCPUs(entry *bootEntry, saved []VCPUState) error {
 			if err := setLINTs(c); err != nil {
 				return err
 			}
-			if err := entry.apply(c); err != nil {
-				return err
+			// Without an entry (a firmware boot) vCPU 0 stays at the
+			// reset vector, where KVM puts a new vCPU.
+			if entry != nil {
+				if err := entry.apply(c); err != nil {
+					return err
+				}
 			}
 		default:
 			if err := setLINTs(c); err != nil {
