@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/bunkerbuild/bunkerbuild/internal/console"
 	"github.com/bunkerbuild/bunkerbuild/internal/fsutil"
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
 	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
@@ -156,7 +157,11 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 		return err
 	}
 	defer otherLog.Close()
-	cfg.OtherConsoleOut = otherLog
+	// The booted line may come on either console: the VMM guesses which
+	// is /dev/console from the command line, which a firmware boot of a
+	// given disk does not know (the disk's boot loader has it).
+	other := console.New(nil, otherLog)
+	cfg.OtherConsoleOut = other
 
 	start := time.Now()
 	s, err := session.Start(ctx, cfg, consoleLog)
@@ -165,7 +170,7 @@ func RunStage(ctx context.Context, dir string, progress io.Writer) error {
 	}
 	defer s.Close()
 	if cond != nil {
-		if _, err := s.Console.Expect(ctx, cond); err != nil {
+		if err := expectEither(ctx, cond, s.Console, other); err != nil {
 			return fmt.Errorf("waiting for the console to match %q: %w", spec.Console, err)
 		}
 	} else if err := waitLegacyIdle(ctx, s.Machine, spec.LegacyIdle); err != nil {
@@ -290,3 +295,26 @@ func writeSparse(f *os.File, mem []byte) error {
 var zeroPage [memory.PageSize]byte
 
 func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:len(p)]) }
+
+// expectEither waits until one of the consoles' output matches re, and
+// returns the first console's error if none does.
+func expectEither(ctx context.Context, re *regexp.Regexp, cs ...*console.Console) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(cs))
+	for _, c := range cs {
+		go func() {
+			_, err := c.Expect(ctx, re)
+			errs <- err
+		}()
+	}
+	var first error
+	for range cs {
+		if err := <-errs; err == nil {
+			return nil
+		} else if first == nil {
+			first = err
+		}
+	}
+	return first
+}

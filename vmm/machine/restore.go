@@ -40,7 +40,12 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	}
 	m.restored = true
 	m.input = inputSerial
-	if st.PCI != nil && st.PCI.Input == inputVirtio {
+	// The console the guest booted with, or hvc0 when that was the serial
+	// port and it is gone: a guest whose command line the VMM did not know
+	// (a firmware boot of a given disk) may well use hvc0, and it is the
+	// only console left.
+	serial := inventory.MustGet(inventory.COM1).In(cfg.Profile) || cfg.SerialConsole
+	if st.PCI != nil && (st.PCI.Input == inputVirtio || !serial) {
 		m.input = inputVirtio
 	}
 	if st.Serial != nil && !cfg.SerialConsole {
