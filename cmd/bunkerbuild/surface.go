@@ -32,29 +32,35 @@ func surfaceCommand() *cli.Command {
 			if com1 := inventory.MustGet(inventory.COM1); c.Bool("serial") && !com1.In(p) {
 				adds = append(adds, com1)
 			}
-			r, full := surface.Of(p, adds...), surface.Of(inventory.Full)
-			red := surface.Reduce(full.Total, r.Total)
-			if c.Bool("json") {
-				return writeSurfaceJSON(os.Stdout, r, adds, red)
+			r := surface.Of(p, adds...)
+			// The reduction from each boot profile: a guest that
+			// boots a kernel, and one that boots a disk through firmware.
+			reds := map[string]surface.Reduction{}
+			for _, from := range []inventory.Profile{inventory.Full, inventory.FullFirmware} {
+				reds[from.String()] = surface.Reduce(surface.Of(from).Total, r.Total)
 			}
-			writeSurface(os.Stdout, r, adds, red)
+			if c.Bool("json") {
+				return writeSurfaceJSON(os.Stdout, r, adds, reds)
+			}
+			writeSurface(os.Stdout, r, adds, reds)
 			return nil
 		},
 	}
 }
 
-func writeSurfaceJSON(w io.Writer, r surface.Report, adds []inventory.Entry, red surface.Reduction) error {
+func writeSurfaceJSON(w io.Writer, r surface.Report, adds []inventory.Entry, reds map[string]surface.Reduction) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(struct {
 		surface.Report
-		Entries       []inventory.Entry `json:"entries"`
-		Additions     []inventory.Entry `json:"additions"`
-		ReductionFull surface.Reduction `json:"reduction_from_full"`
-	}{r, r.Entries, adds, red})
+		Entries       []inventory.Entry            `json:"entries"`
+		Additions     []inventory.Entry            `json:"additions"`
+		ReductionFull surface.Reduction            `json:"reduction_from_full"`
+		Reductions    map[string]surface.Reduction `json:"reduction_from"`
+	}{r, r.Entries, adds, reds[inventory.Full.String()], reds})
 }
 
-func writeSurface(w io.Writer, r surface.Report, adds []inventory.Entry, red surface.Reduction) {
+func writeSurface(w io.Writer, r surface.Report, adds []inventory.Entry, reds map[string]surface.Reduction) {
 	isAdd := map[inventory.ID]bool{}
 	for _, a := range adds {
 		isAdd[a.ID] = true
@@ -87,6 +93,9 @@ func writeSurface(w io.Writer, r surface.Report, adds []inventory.Entry, red sur
 	t := r.Total
 	fmt.Fprintf(w, "\n%d entries: %d I/O ports, %d MMIO bytes, %d MSRs (plus x2APIC, which KVM cannot filter), %d PV features, %d in-kernel KVM devices\n",
 		t.Entries, t.Ports, t.MMIOBytes, t.MSRs, t.PV, t.Kernel)
-	fmt.Fprintf(w, "reduction from full: %.0f%% of entries, %.0f%% of I/O ports, %.0f%% of MSRs, %.0f%% of in-kernel devices\n",
-		100*red.Entries, 100*red.Ports, 100*red.MSRs, 100*red.Kernel)
+	for _, from := range []inventory.Profile{inventory.Full, inventory.FullFirmware} {
+		red := reds[from.String()]
+		fmt.Fprintf(w, "reduction from %s: %.0f%% of entries, %.0f%% of I/O ports, %.0f%% of MSRs, %.0f%% of in-kernel devices\n",
+			from, 100*red.Entries, 100*red.Ports, 100*red.MSRs, 100*red.Kernel)
+	}
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func TestCountsAddUp(t *testing.T) {
-	for _, p := range []inventory.Profile{inventory.Full, inventory.Minimal} {
+	for _, p := range []inventory.Profile{inventory.Full, inventory.FullFirmware, inventory.Minimal} {
 		r := Of(p)
 		var sum Counts
 		for _, c := range r.ByClass {
