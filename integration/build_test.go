@@ -22,6 +22,7 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
 	"github.com/bunkerbuild/bunkerbuild/snapshots"
+	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
@@ -30,31 +31,77 @@ import (
 // and the artifact path it names.
 func buildRecipe(t testing.TB, dir string) (recipeFile, artifact string) {
 	t.Helper()
+	guest := fmt.Sprintf("  kernel: %s\n  initrd: %s\n  cmdline: %s bunkerguest.count=/tmp/count",
+		os.Getenv(envKernel), os.Getenv(envInitrd), guestCmdline)
+	return writeRecipe(t, dir, "guest", guest, "")
+}
+
+// writeRecipe writes a key pair and recipe NAME.yaml into dir, with the
+// given guest section and extra machine keys (indented YAML), 512 MiB and
+// 2 vCPUs, booted when the guest tool says so; it returns the recipe's
+// path and the artifact path it names, NAME.snap.
+func writeRecipe(t testing.TB, dir, name, guest, machine string) (recipeFile, artifact string) {
+	t.Helper()
 	if _, err := snapshots.GenerateKey(filepath.Join(dir, "key"), filepath.Join(dir, "key.pub")); err != nil {
 		t.Fatal(err)
 	}
-	recipeFile = filepath.Join(dir, "guest.yaml")
+	recipeFile = filepath.Join(dir, name+".yaml")
+	if machine != "" {
+		machine = "\n" + machine
+	}
 	rec := fmt.Sprintf(`apiVersion: bunkerbuild/v1
-name: integration
+name: %s
 guest:
-  kernel: %s
-  initrd: %s
-  cmdline: %s bunkerguest.count=/tmp/count
+%s
 machine:
   memory: 512M
-  cpus: 2
+  cpus: 2%s
 booted:
   guest-signal: true
   settle: 1s
   timeout: 4m
 output:
-  path: guest.snap
+  path: %s.snap
   signing-key: key
-`, os.Getenv(envKernel), os.Getenv(envInitrd), guestCmdline)
+`, name, guest, machine, name)
 	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return recipeFile, filepath.Join(dir, "guest.snap")
+	return recipeFile, filepath.Join(dir, name+".snap")
+}
+
+// resumeArtifact resumes artifact on the minimal profile with opts in a
+// session that the test closes; if the test failed by then, it logs the
+// console, the VMM's log, the vCPUs and what more says.
+func resumeArtifact(t *testing.T, ctx context.Context, artifact string, opts resume.Options, more func() string) *session.Session {
+	t.Helper()
+	pub, err := snapshots.LoadPublicKey(filepath.Join(filepath.Dir(artifact), "key.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf bytes.Buffer
+	cfg := machine.Config{Policy: bus.Deny, Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds)}
+	s, err := session.StartWith(ctx, cfg, func(cfg machine.Config) (*machine.Machine, error) {
+		r, err := resume.ArtifactWith(artifact, pub, cfg, opts)
+		if err != nil {
+			return nil, err
+		}
+		return r.Machine, nil
+	}, nil)
+	if err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			extra := ""
+			if more != nil {
+				extra = more()
+			}
+			t.Logf("console after resume:\n%s\nVMM log:\n%s\nvCPUs:\n%s\n%s", s.Console.Output(), logBuf.String(), s.Machine.DebugState(), extra)
+		}
+		s.Close()
+	})
+	return s
 }
 
 // bunkerbuild runs the shipped binary and returns its stdout, stderr and

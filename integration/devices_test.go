@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log"
 	stdnet "net"
 	"net/http"
 	"os"
@@ -25,8 +24,6 @@ import (
 	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
 	"github.com/bunkerbuild/bunkerbuild/internal/session"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
-	"github.com/bunkerbuild/bunkerbuild/snapshots"
-	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
 	vnet "github.com/bunkerbuild/bunkerbuild/vmm/devices/virtio/net"
 	"github.com/bunkerbuild/bunkerbuild/vmm/inventory"
 	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
@@ -59,35 +56,8 @@ const devicesCmdline = "console=ttyS0 console=hvc0 reboot=k panic=-1 i8042.noaux
 // dir, with a key pair, and returns the recipe and artifact paths.
 func devicesRecipe(t testing.TB, dir string) (recipeFile, artifact string) {
 	t.Helper()
-	if _, err := snapshots.GenerateKey(filepath.Join(dir, "key"), filepath.Join(dir, "key.pub")); err != nil {
-		t.Fatal(err)
-	}
-	recipeFile = filepath.Join(dir, "devices.yaml")
-	rec := fmt.Sprintf(`apiVersion: bunkerbuild/v1
-name: devices
-guest:
-  kernel: %s
-  initrd: %s
-  cmdline: %s
-machine:
-  memory: 512M
-  cpus: 2
-  disks:
-    - id: data
-      size: 64M
-  nic: true
-booted:
-  guest-signal: true
-  settle: 1s
-  timeout: 4m
-output:
-  path: devices.snap
-  signing-key: key
-`, os.Getenv(envKernel), os.Getenv(envInitrd), devicesCmdline)
-	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return recipeFile, filepath.Join(dir, "devices.snap")
+	guest := fmt.Sprintf("  kernel: %s\n  initrd: %s\n  cmdline: %s", os.Getenv(envKernel), os.Getenv(envInitrd), devicesCmdline)
+	return writeRecipe(t, dir, "devices", guest, "  disks:\n    - id: data\n      size: 64M\n  nic: true")
 }
 
 // testNetns is a network namespace the test made, with a tap whose host
@@ -200,10 +170,6 @@ func TestDevicesAcrossHandoff(t *testing.T) {
 	if err != nil || status != 0 {
 		t.Fatalf("bunkerbuild build: status %d, %v", status, err)
 	}
-	pub, err := snapshots.LoadPublicKey(filepath.Join(dir, "key.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ns := newNetns(t)
 	tap, err := vnet.OpenTapIn(ns.path, ns.tap)
 	if err != nil {
@@ -212,25 +178,8 @@ func TestDevicesAcrossHandoff(t *testing.T) {
 	defer tap.Close()
 
 	disk := filepath.Join(dir, "data.img")
-	var logBuf bytes.Buffer
-	cfg := machine.Config{Policy: bus.Deny, Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds)}
-	s, err := session.StartWith(ctx, cfg, func(cfg machine.Config) (*machine.Machine, error) {
-		r, err := resume.ArtifactWith(artifact, pub, cfg, resume.Options{Disks: map[string]string{"data": disk}, NIC: tap})
-		if err != nil {
-			return nil, err
-		}
-		return r.Machine, nil
-	}, nil)
-	if err != nil {
-		t.Fatalf("resume: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			vcpus := s.Machine.DebugState()
-			t.Logf("console after resume:\n%s\nVMM log:\n%s\nvCPUs:\n%s\npeer:\n%s", s.Console.Output(), logBuf.String(), vcpus, ns.peerOut)
-		}
-		s.Close()
-	})
+	s := resumeArtifact(t, ctx, artifact, resume.Options{Disks: map[string]string{"data": disk}, NIC: tap},
+		func() string { return "peer:\n" + ns.peerOut.String() })
 
 	// The console: this session talks to hvc0, the only console left.
 	if got := run(t, ctx, s, "cat /proc/consoles"); !regexp.MustCompile(`(?m)^hvc0\s.*\(EC`).MatchString(got) {

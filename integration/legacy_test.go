@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,12 +16,8 @@ import (
 
 	"github.com/bunkerbuild/bunkerbuild/internal/diskimage"
 	"github.com/bunkerbuild/bunkerbuild/internal/kvmtest"
-	"github.com/bunkerbuild/bunkerbuild/internal/session"
 	"github.com/bunkerbuild/bunkerbuild/pipeline"
 	"github.com/bunkerbuild/bunkerbuild/pipeline/resume"
-	"github.com/bunkerbuild/bunkerbuild/snapshots"
-	"github.com/bunkerbuild/bunkerbuild/vmm/bus"
-	"github.com/bunkerbuild/bunkerbuild/vmm/machine"
 )
 
 // legacyCmdline is the command line syslinux gives the kernel: the
@@ -34,29 +29,7 @@ const legacyCmdline = "console=ttyS0 console=hvc0 reboot=k panic=-1 i8042.noaux 
 // disk, as guest (the recipe's guest section, indented) says.
 func legacyRecipe(t testing.TB, dir, guest string) (recipeFile, artifact string) {
 	t.Helper()
-	if _, err := snapshots.GenerateKey(filepath.Join(dir, "key"), filepath.Join(dir, "key.pub")); err != nil {
-		t.Fatal(err)
-	}
-	recipeFile = filepath.Join(dir, "legacy.yaml")
-	rec := fmt.Sprintf(`apiVersion: bunkerbuild/v1
-name: legacy
-guest:
-%s
-machine:
-  memory: 512M
-  cpus: 2
-booted:
-  guest-signal: true
-  settle: 1s
-  timeout: 4m
-output:
-  path: legacy.snap
-  signing-key: key
-`, guest)
-	if err := os.WriteFile(recipeFile, []byte(rec), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return recipeFile, filepath.Join(dir, "legacy.snap")
+	return writeRecipe(t, dir, "legacy", guest, "")
 }
 
 // fromParts is the guest section of a disk built from parts: an MBR disk
@@ -153,28 +126,7 @@ func buildAndResumeLegacy(t *testing.T, ctx context.Context, dir, recipeFile, ar
 		}
 	}
 
-	pub, err := snapshots.LoadPublicKey(filepath.Join(dir, "key.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf bytes.Buffer
-	cfg := machine.Config{Policy: bus.Deny, Log: log.New(&logBuf, "vmm: ", log.Lmicroseconds)}
-	s, err := session.StartWith(ctx, cfg, func(cfg machine.Config) (*machine.Machine, error) {
-		r, err := resume.ArtifactWith(artifact, pub, cfg, resume.Options{})
-		if err != nil {
-			return nil, err
-		}
-		return r.Machine, nil
-	}, nil)
-	if err != nil {
-		t.Fatalf("resume: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("console after resume:\n%s\nVMM log:\n%s\nvCPUs:\n%s", s.Console.Output(), logBuf.String(), s.Machine.DebugState())
-		}
-		s.Close()
-	})
+	s := resumeArtifact(t, ctx, artifact, resume.Options{}, nil)
 
 	// The console is hvc0; the counter started at boot keeps counting.
 	if got := run(t, ctx, s, "cat /proc/consoles"); !regexp.MustCompile(`(?m)^hvc0\s.*\(EC`).MatchString(got) {
