@@ -150,13 +150,6 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 		return nil, fmt.Errorf("boot stage: %w%s", err, consoleTail(dir))
 	}
 	p.step("booted and captured in %v", time.Since(bootStart).Round(time.Millisecond))
-	for _, c := range []struct{ file, suffix string }{{ConsoleFile, ConsoleLogSuffix}, {OtherConsoleFile, OtherConsoleLogSuffix}} {
-		if kept, err := keepConsole(filepath.Join(dir, c.file), r.Output.Path+c.suffix); err != nil {
-			return nil, err
-		} else if kept {
-			p.step("boot console log: %s", r.Output.Path+c.suffix)
-		}
-	}
 
 	p.stage("sign", "writing %s", r.Output.Path)
 	cfg := snapshots.Config{Created: time.Now().UTC(), BuilderVersion: o.Version,
@@ -188,6 +181,15 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	sum, err := writeArtifact(ctx, dir, r.Output.Path, r.Machine.Memory, spec.Disks, cfg, key)
 	if err != nil {
 		return nil, err
+	}
+	// The boot's console logs go beside the artifact, once it exists: a
+	// failed build leaves nothing there (its error quotes the console).
+	for _, c := range []struct{ file, suffix string }{{ConsoleFile, ConsoleLogSuffix}, {OtherConsoleFile, OtherConsoleLogSuffix}} {
+		if kept, err := keepConsole(filepath.Join(dir, c.file), r.Output.Path+c.suffix); err != nil {
+			return nil, err
+		} else if kept {
+			p.step("boot console log: %s", r.Output.Path+c.suffix)
+		}
 	}
 	p.step("signed with key %s: manifest %s", snapshots.KeyID(key.Public().(ed25519.PublicKey)), sum.Manifest)
 	p.step("%d MiB of blobs for %d MiB of guest memory (%d MiB non-zero; %d chunks, %d raw)",
