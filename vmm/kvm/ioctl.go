@@ -51,6 +51,7 @@ var (
 	reqSetMSRFilter        = iow(0xc6, 392)
 	reqSignalMSI           = iow(0xa5, 32)
 	reqSetGSIRouting       = iow(0x6a, 8)
+	reqIOEventFD           = iow(0x79, 64)
 )
 
 // vCPU ioctls.
@@ -103,6 +104,7 @@ const (
 	CapTSCDeadlineTimer      Cap = 72
 	CapKVMClockCtrl          Cap = 76
 	CapReadonlyMem           Cap = 81
+	CapIOEventFD             Cap = 36
 	CapSplitIRQChip          Cap = 121
 	CapX2APICAPI             Cap = 129
 	CapImmediateExit         Cap = 136

@@ -154,7 +154,7 @@ func (m *Machine) pciDevices(devs deviceSet, boot bool) error {
 	devs[inventory.PCIConfigAddress] = m.pci.AddressRegister()
 	devs[inventory.PCIConfigData] = m.pci.DataWindow()
 	devs[inventory.PCIWindow] = m.pci.Window()
-	return nil
+	return m.catchDoorbells()
 }
 
 // pciBARs adapts a virtio device to the host's BAR handler.

@@ -114,8 +114,9 @@ type Window struct {
 	base, size uint64
 	log        func(error)
 
-	mu     sync.RWMutex
-	ranges []barRange // sorted by start, non-overlapping
+	mu      sync.RWMutex
+	ranges  []barRange // sorted by start, non-overlapping
+	onRemap func()
 }
 
 type barRange struct {
@@ -158,7 +159,33 @@ func (w *Window) remap() {
 	}
 	w.mu.Lock()
 	w.ranges = out
+	onRemap := w.onRemap
 	w.mu.Unlock()
+	if onRemap != nil {
+		onRemap()
+	}
+}
+
+// OnRemap sets f to be called after every change of the decoded BARs
+// (a BAR moved, memory decoding switched, a restore), outside the
+// window's locks.
+func (w *Window) OnRemap(f func()) {
+	w.mu.Lock()
+	w.onRemap = f
+	w.mu.Unlock()
+}
+
+// DecodedAt returns the guest-physical address at which the window
+// decodes BAR bar of the function in slot, if it does.
+func (w *Window) DecodedAt(slot, bar int) (uint64, bool) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	for _, r := range w.ranges {
+		if r.slot == slot && r.bar == bar {
+			return w.base + r.start, true
+		}
+	}
+	return 0, false
 }
 
 func (w *Window) refuse(err error) {

@@ -144,3 +144,37 @@ func TestSetConfig(t *testing.T) {
 		t.Error("a short space was restored")
 	}
 }
+
+func TestWindowOnRemapAndDecodedAt(t *testing.T) {
+	r := newRig(t)
+	h := NewHost(testWindowBase, testWindowSize, func(err error) { t.Log(err) })
+	if err := h.Attach(2, r.e, &recorder{}); err != nil {
+		t.Fatal(err)
+	}
+	w := h.Window()
+	remaps := 0
+	w.OnRemap(func() {
+		remaps++
+		w.DecodedAt(2, 0) // the callback may look at the window
+	})
+	if _, ok := w.DecodedAt(2, 0); ok {
+		t.Error("an unplaced BAR is decoded")
+	}
+	if err := h.Place(2, 0, testWindowBase+0x2000); err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := w.DecodedAt(2, 0); !ok || a != testWindowBase+0x2000 {
+		t.Errorf("BAR 0 decoded at %#x (%v), want %#x", a, ok, testWindowBase+0x2000)
+	}
+	if _, ok := w.DecodedAt(3, 0); ok {
+		t.Error("an empty slot is decoded")
+	}
+	r.h = h
+	r.write32Slot(2, OffBAR0, 0x10000) // outside the window
+	if _, ok := w.DecodedAt(2, 0); ok {
+		t.Error("a BAR outside the window is decoded")
+	}
+	if remaps < 2 {
+		t.Errorf("%d remap callbacks, want one per change", remaps)
+	}
+}

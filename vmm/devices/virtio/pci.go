@@ -779,3 +779,23 @@ func (d *PCIDevice) Kick() {
 		d.notify(q)
 	}
 }
+
+// DoorbellSize is the width of the driver's writes to a queue's
+// notification register: the queue index, 16 bits.
+const DoorbellSize = 2
+
+// Doorbell returns the offset, in BAR 0, of queue q's notification
+// register, for a VMM that has the hypervisor catch those writes (an
+// ioeventfd) and reports them with Kicked.
+func (d *PCIDevice) Doorbell(q int) uint64 { return notifyOff + uint64(q)*notifyMultiplier }
+
+// Queues returns the number of queues.
+func (d *PCIDevice) Queues() int { return len(d.qcfg) }
+
+// Kicked serves a notification of queue q that reached the VMM without a
+// BAR write: the same as the driver's write to Doorbell(q).
+func (d *PCIDevice) Kicked(q int) {
+	if q >= 0 && q < len(d.qcfg) {
+		d.kick(q)
+	}
+}
