@@ -253,16 +253,21 @@ func resolveGuest(ctx context.Context, r *recipe.Recipe, cache string, p *progre
 	return kernel, initrd, nil
 }
 
-// consoleTail returns the end of the stage's console log, for errors.
+// consoleTail returns the end of the stage's console logs, for errors:
+// the guest's console, and the other one if it wrote anything.
 func consoleTail(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, ConsoleFile))
-	if err != nil || len(b) == 0 {
-		return ""
+	var out string
+	for _, c := range []struct{ file, what string }{{ConsoleFile, "console"}, {OtherConsoleFile, "other console"}} {
+		b, err := os.ReadFile(filepath.Join(dir, c.file))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if len(b) > 1500 {
+			b = b[len(b)-1500:]
+		}
+		out += "\nlast " + c.what + " output:\n" + string(b)
 	}
-	if len(b) > 1500 {
-		b = b[len(b)-1500:]
-	}
-	return "\nlast console output:\n" + string(b)
+	return out
 }
 
 // writeArtifact turns the boot stage's output in dir into a signed

@@ -27,11 +27,12 @@ const (
 	VirtioBlock      ID = "virtio-blk"
 	VirtioNet        ID = "virtio-net"
 
-	A20Gate   ID = "port-92"
-	FwCfg     ID = "fw-cfg"
-	FwCfgDMA  ID = "fw-cfg-dma"
-	BIOSROM   ID = "bios-rom"
-	ISABridge ID = "piix3-isa"
+	A20Gate    ID = "port-92"
+	FwCfg      ID = "fw-cfg"
+	FwCfgDMA   ID = "fw-cfg-dma"
+	BIOSROM    ID = "bios-rom"
+	ISABridge  ID = "piix3-isa"
+	PMFunction ID = "piix4-pm"
 
 	KVMClockMSRs ID = "kvmclock-msrs"
 
@@ -165,4 +166,6 @@ var table = []Entry{
 		Why: "virtio-net: one NIC; disconnected during the build, on a tap after resume"},
 	{ID: ISABridge, Space: SpacePCI, Base: 8, Size: 1, Class: Legacy, Owner: "piix3", Profiles: Firmware, IRQ: -1,
 		Why: "PIIX3 ISA bridge: the BIOS programs its PCI interrupt routing; no device uses INTx"},
+	{ID: PMFunction, Space: SpacePCI, Base: 9, Size: 1, Class: Legacy, Owner: "acpi-pm", Profiles: Firmware, IRQ: -1,
+		Why: "PIIX4 power-management function: where firmware and the OS find the ACPI PM1 blocks (its PM base fixed at acpi-pm1-evt's); says SMM is set up, has no SMBus"},
 }

@@ -67,6 +67,14 @@ func TestFirmwarePlatform(t *testing.T) {
 	if got := config(int(inventory.MustGet(inventory.ISABridge).Base), 0); got != 0x70008086 {
 		t.Errorf("ISA bridge vendor/device %#x, want 0x70008086", got)
 	}
+	// The PIIX4 PM function shows the inventory's PM1 block as its base.
+	pmSlot := int(inventory.MustGet(inventory.PMFunction).Base)
+	if got := config(pmSlot, 0); got != 0x71138086 {
+		t.Errorf("PM function vendor/device %#x, want 0x71138086", got)
+	}
+	if got, want := config(pmSlot, 0x40), uint32(inventory.MustGet(inventory.ACPIEvt).Base)|1; got != want {
+		t.Errorf("PM base register %#x, want %#x", got, want)
+	}
 	// What SeaBIOS writes to the host bridge's PAM registers sticks.
 	m.pio.Write(addr, binary.LittleEndian.AppendUint32(nil, 1<<31|0x5c))
 	m.pio.Write(data, []byte{0x33, 0x33, 0x33, 0x33})

@@ -14,8 +14,8 @@ import (
 )
 
 // firmwareDevices adds the platform a BIOS needs: the ROM's write side,
-// fw_cfg with what the machine tells the BIOS, the A20 gate and the PIIX3
-// ISA bridge.
+// fw_cfg with what the machine tells the BIOS, the A20 gate, the PIIX3
+// ISA bridge and the PIIX4 power-management function.
 func (s *set) firmwareDevices(ctx bootset.Context) error {
 	fw := ctx.Firmware
 	if fw == nil {
@@ -36,6 +36,11 @@ func (s *set) firmwareDevices(ctx bootset.Context) error {
 		return err
 	}
 	s.funcs[inventory.ISABridge] = isa
+	pm, err := piix.NewPMFunction(uint16(inventory.MustGet(inventory.ACPIEvt).Base))
+	if err != nil {
+		return err
+	}
+	s.funcs[inventory.PMFunction] = pm
 	return nil
 }
 

@@ -97,8 +97,10 @@ func TestFirmwareConfig(t *testing.T) {
 			}
 		}
 	}
-	if s.Functions()[inventory.ISABridge] == nil {
-		t.Error("no PIIX3 function")
+	for _, id := range []inventory.ID{inventory.ISABridge, inventory.PMFunction} {
+		if s.Functions()[id] == nil {
+			t.Errorf("no PCI function for %s", id)
+		}
 	}
 	cfg := devs[inventory.FwCfg]
 	if got := item(cfg, 0, 4); string(got) != "QEMU" {

@@ -1,15 +1,17 @@
-// Package piix makes the PCI-to-ISA bridge function of an Intel PIIX3
-// (82371SB, 8086:7000), which PC firmware looks for next to an i440FX
-// host bridge to program the routing of the PCI interrupt lines (PIRQA-D)
-// onto ISA IRQs.
+// Package piix makes the chipset functions PC firmware looks for next to
+// an i440FX host bridge: the PCI-to-ISA bridge of an Intel PIIX3
+// (82371SB, 8086:7000), which routes the PCI interrupt lines (PIRQA-D)
+// onto ISA IRQs, and the power-management function of a PIIX4 (82371AB,
+// 8086:7113), which says where the ACPI PM registers are.
 //
-// Only the configuration space exists: the bridge's ISA devices are the
-// other legacy devices of the inventory (KVM's PIC and PIT, the CMOS, the
-// i8042), and its ELCR is KVM's PIC's. Routing registers are stored and
-// read back, masked to their defined bits; nothing consults them, because
-// no device of the machine raises INTx (the virtio devices interrupt with
-// MSI-X only). The function is offered only with firmware and is dropped
-// at the handoff.
+// Only configuration space exists: the bridge's ISA devices are the other
+// legacy devices of the inventory (KVM's PIC and PIT, the CMOS, the
+// i8042), its ELCR is KVM's PIC's, and the PM registers are the ACPI PM
+// device's. Routing registers are stored and read back, masked to their
+// defined bits; nothing consults them, because no device of the machine
+// raises INTx (the virtio devices interrupt with MSI-X only). The
+// functions are offered only with firmware and are dropped at the
+// handoff.
 package piix
 
 import (
@@ -48,6 +50,49 @@ func NewISABridge() (*pci.Endpoint, error) {
 	}
 	if err := e.AddRegisters(registers...); err != nil {
 		return nil, fmt.Errorf("PIIX3 ISA bridge: %w", err)
+	}
+	return e, nil
+}
+
+// The PIIX4's power-management function (82371AB function 3).
+const (
+	devicePIIX4PM = 0x7113
+	classBridge   = 0x068000 // bridge, other
+	revisionPIIX4 = 0x03
+
+	pmBase     = 0x40 // PMBA: the PM I/O block, bit 0 = I/O space
+	devActB    = 0x58 // DEVACTB, dword; bit 25 = APMC_EN
+	pmRegMisc  = 0x80 // PMIOSE: the PM I/O block is enabled
+	smbBase    = 0x90 // SMBBA
+	smbHostCfg = 0xd2 // SMBus host enable
+)
+
+// NewPMFunction returns the PIIX4 power-management function with its PM
+// I/O base fixed at pm1Base (the PM1 event block of the inventory) and
+// always enabled: firmware's writes to PMBA and PMREGMISC are dropped, so
+// an OS that reads them finds the block where the FADT says it is. The
+// ACPI SCI is ISA IRQ 9, wired apart from PCI: the function raises no
+// INTx. What the machine does not have reads as off: no SMBus (SMBBA 0,
+// host disabled), and SMM is reported as already set up (DEVACTB's
+// APMC_EN, as QEMU does when it has no SMM), so that SeaBIOS does not
+// raise an SMI and wait for an answer that never comes.
+func NewPMFunction(pm1Base uint16) (*pci.Endpoint, error) {
+	if pm1Base&0x3f != 0 {
+		return nil, fmt.Errorf("PIIX4 PM: PM base %#x is not 64-byte aligned", pm1Base)
+	}
+	e, err := pci.NewEndpoint(pci.Header{Vendor: vendorIntel, Device: devicePIIX4PM, Revision: revisionPIIX4, Class: classBridge}, [6]pci.BAR{}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("PIIX4 PM: %w", err)
+	}
+	err = e.AddRegisters(
+		pci.Register{Off: pmBase, Value: []byte{byte(pm1Base) | 1, byte(pm1Base >> 8), 0, 0}},
+		pci.Register{Off: devActB, Value: []byte{0, 0, 0, 1 << (25 - 24)}},
+		pci.Register{Off: pmRegMisc, Value: []byte{1}},
+		pci.Register{Off: smbBase, Value: []byte{1, 0, 0, 0}},
+		pci.Register{Off: smbHostCfg, Value: []byte{0}},
+	)
+	if err != nil {
+		return nil, fmt.Errorf("PIIX4 PM: %w", err)
 	}
 	return e, nil
 }

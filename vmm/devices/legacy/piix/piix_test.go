@@ -40,3 +40,40 @@ func TestISABridge(t *testing.T) {
 		}
 	}
 }
+
+func TestPMFunction(t *testing.T) {
+	if _, err := NewPMFunction(0x610); err == nil {
+		t.Error("a misaligned PM base was accepted")
+	}
+	e, err := NewPMFunction(0x600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read32 := func(off uint8) uint32 {
+		b := make([]byte, 4)
+		e.ReadConfig(off, b)
+		return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+	}
+	if got := read32(0); got != 0x71138086 {
+		t.Errorf("vendor/device %#x, want 0x71138086", got)
+	}
+	// What SeaBIOS's piix4_pm_setup writes, which must not move the block.
+	e.WriteConfig(0x40, []byte{0x01, 0xb0, 0, 0})
+	e.WriteConfig(0x80, []byte{0x00})
+	e.WriteConfig(0x90, []byte{0x01, 0xb1, 0, 0})
+	tests := []struct {
+		off  uint8
+		want uint32
+		why  string
+	}{
+		{0x40, 0x601, "PM base at the inventory's block, I/O space"},
+		{0x58, 1 << 25, "APMC_EN: SMM already set up"},
+		{0x80, 1, "PM I/O enabled"},
+		{0x90, 1, "no SMBus"},
+	}
+	for _, tc := range tests {
+		if got := read32(tc.off); got != tc.want {
+			t.Errorf("config %#x = %#x, want %#x (%s)", tc.off, got, tc.want, tc.why)
+		}
+	}
+}
