@@ -793,9 +793,15 @@ func (d *PCIDevice) Doorbell(q int) uint64 { return notifyOff + uint64(q)*notify
 func (d *PCIDevice) Queues() int { return len(d.qcfg) }
 
 // Kicked serves a notification of queue q that reached the VMM without a
-// BAR write: the same as the driver's write to Doorbell(q).
+// BAR write: the same as the driver's write to Doorbell(q), but served on
+// the caller's goroutine, which is not a vCPU's: a queue served off the
+// vCPU threads is drained here rather than by waking its goroutine.
 func (d *PCIDevice) Kicked(q int) {
-	if q >= 0 && q < len(d.qcfg) {
-		d.kick(q)
+	switch {
+	case q < 0 || q >= len(d.qcfg):
+	case d.kicks[q] != nil:
+		d.drain(q)
+	default:
+		d.notify(q)
 	}
 }
