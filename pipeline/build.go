@@ -184,7 +184,7 @@ func Build(ctx context.Context, r *recipe.Recipe, o BuildOptions) (*Result, erro
 	}
 	// The boot's console logs go beside the artifact, once it exists: a
 	// failed build leaves nothing there (its error quotes the console).
-	for _, c := range []struct{ file, suffix string }{{ConsoleFile, ConsoleLogSuffix}, {OtherConsoleFile, OtherConsoleLogSuffix}} {
+	for _, c := range stageConsoles {
 		if kept, err := keepConsole(filepath.Join(dir, c.file), r.Output.Path+c.suffix); err != nil {
 			return nil, err
 		} else if kept {
@@ -257,7 +257,7 @@ func resolveGuest(ctx context.Context, r *recipe.Recipe, cache string, p *progre
 // the guest's console, and the other one if it wrote anything.
 func consoleTail(dir string) string {
 	var out string
-	for _, c := range []struct{ file, what string }{{ConsoleFile, "console"}, {OtherConsoleFile, "other console"}} {
+	for _, c := range stageConsoles {
 		b, err := os.ReadFile(filepath.Join(dir, c.file))
 		if err != nil || len(b) == 0 {
 			continue
@@ -345,6 +345,14 @@ func makeDisks(dir string, r *recipe.Recipe, p *progress) ([]StageDisk, error) {
 		out = append(out, StageDisk{File: name, ID: d.ID, ReadOnly: d.ReadOnly})
 	}
 	return out, nil
+}
+
+// stageConsoles are the boot stage's console logs: the guest's console
+// and the other one; what errors call them, and the suffix of the copy a
+// build keeps beside the artifact.
+var stageConsoles = []struct{ file, what, suffix string }{
+	{ConsoleFile, "console", ConsoleLogSuffix},
+	{OtherConsoleFile, "other console", OtherConsoleLogSuffix},
 }
 
 // ConsoleLogSuffix names the copy of the boot's console log a build

@@ -15,9 +15,7 @@ type bootEntry linux.Entry
 // loadGuest writes the ACPI tables, the kernel, its initrd and boot_params
 // into guest memory.
 func (m *Machine) loadGuest() (*bootEntry, error) {
-	tables := acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs)
-	tables.Handoff = m.cfg.Handoff
-	rsdp, err := acpi.Build(m.mem, tables)
+	rsdp, err := acpi.Build(m.mem, m.acpiConfig())
 	if err != nil {
 		return nil, fmt.Errorf("build ACPI tables: %w", err)
 	}
@@ -37,6 +35,14 @@ func (m *Machine) loadGuest() (*bootEntry, error) {
 	}
 	e := bootEntry(l.Entry)
 	return &e, nil
+}
+
+// acpiConfig describes the machine to its ACPI tables, whichever way
+// they reach the guest.
+func (m *Machine) acpiConfig() acpi.Config {
+	c := acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs)
+	c.Handoff = m.cfg.Handoff
+	return c
 }
 
 func seg(s linux.Segment) kvm.Segment {

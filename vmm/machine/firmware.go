@@ -43,9 +43,7 @@ func (m *Machine) loadFirmware() error {
 	if err := m.mem.WriteAt(shadow, memory.ACPIEnd-uint64(len(shadow))); err != nil {
 		return fmt.Errorf("copy the BIOS below 1 MiB: %w", err)
 	}
-	tables := acpi.ForProfile(m.cfg.Profile, m.cfg.CPUs)
-	tables.Handoff = m.cfg.Handoff
-	loadable, err := acpi.Relocatable(tables)
+	loadable, err := acpi.Relocatable(m.acpiConfig())
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}

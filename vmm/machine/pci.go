@@ -108,8 +108,9 @@ func (m *Machine) pciDevices(devs deviceSet, boot bool) error {
 			return err
 		}
 		if boot && m.cfg.Firmware == nil {
-			// Without firmware to place them, BAR 0 of slot n at n × its size from the window's base:
-			// naturally aligned, and the slots' BARs never overlap.
+			// Without firmware to place them, BAR 0 of slot n goes
+			// at n × its size from the window's base: naturally
+			// aligned, and the slots' BARs never overlap.
 			if err := m.pci.Place(slot, 0, win.Base+uint64(slot)*virtio.BARSize); err != nil {
 				return err
 			}

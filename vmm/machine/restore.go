@@ -44,8 +44,7 @@ func Restore(cfg Config, st *State, fill func(*memory.Guest) error) (_ *Machine,
 	// port and it is gone: a guest whose command line the VMM did not know
 	// (a firmware boot of a given disk) may well use hvc0, and it is the
 	// only console left.
-	serial := inventory.MustGet(inventory.COM1).In(cfg.Profile) || cfg.SerialConsole
-	if st.PCI != nil && (st.PCI.Input == inputVirtio || !serial) {
+	if st.PCI != nil && (st.PCI.Input == inputVirtio || !m.offersEntry(inventory.COM1)) {
 		m.input = inputVirtio
 	}
 	if st.Serial != nil && !cfg.SerialConsole {

@@ -2,6 +2,7 @@ package legacy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -48,91 +49,73 @@ func (s *set) firmwareDevices(ctx bootset.Context) error {
 // before it resets the machine, in milliseconds: a build fails at once.
 const bootFailWait = 0
 
+// fwFile is a fw_cfg file.
+type fwFile struct {
+	name string
+	data []byte
+}
+
 // firmwareConfig fills fw_cfg with what SeaBIOS reads.
 func firmwareConfig(ctx bootset.Context) (*fwcfg.Device, error) {
 	fw := ctx.Firmware
 	d := fwcfg.New(ctx.Memory, ctx.Log)
-	le16 := func(v uint16) []byte { return binary.LittleEndian.AppendUint16(nil, v) }
-	le32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
-	le64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
-	items := []struct {
-		key  uint16
-		data []byte
-	}{
-		{fwcfg.KeyRAMSize, le64(ctx.LowMem + ctx.HighMem)},
-		{fwcfg.KeyBootMenu, le16(0)},
-	}
-	if err := d.SetCPUs(ctx.CPUs, ctx.CPUs); err != nil {
+	err := errors.Join(
+		d.SetCPUs(ctx.CPUs, ctx.CPUs),
+		d.AddUint64(fwcfg.KeyRAMSize, ctx.LowMem+ctx.HighMem),
+		d.AddUint16(fwcfg.KeyBootMenu, 0),
+	)
+	if err != nil {
 		return nil, err
 	}
-	for _, it := range items {
-		if err := d.AddItem(it.key, it.data); err != nil {
-			return nil, err
-		}
-	}
-	files := []struct {
-		name string
-		data []byte
-	}{
+	files := []fwFile{
 		{"etc/e820", fwcfg.E820Table(fw.E820)},
-		{"etc/boot-fail-wait", le32(bootFailWait)},
+		{"etc/boot-fail-wait", binary.LittleEndian.AppendUint32(nil, bootFailWait)},
 	}
 	if len(fw.BootOrder) > 0 {
-		files = append(files, struct {
-			name string
-			data []byte
-		}{"bootorder", append([]byte(strings.Join(fw.BootOrder, "\n")), 0)})
+		files = append(files, fwFile{"bootorder", append([]byte(strings.Join(fw.BootOrder, "\n")), 0)})
 	}
 	if ctx.Offers(inventory.COM1) {
 		// SeaBIOS mirrors its screen output, and the boot loader's, to
 		// this serial port: the machine has no display.
-		files = append(files, struct {
-			name string
-			data []byte
-		}{"etc/sercon-port", le64(inventory.MustGet(inventory.COM1).Base)})
+		files = append(files, fwFile{"etc/sercon-port", binary.LittleEndian.AppendUint64(nil, inventory.MustGet(inventory.COM1).Base)})
+	}
+	if fw.ACPI != nil {
+		acpiFiles, err := acpiLoader(fw.ACPI)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, acpiFiles...)
 	}
 	for _, f := range files {
 		if err := d.AddFile(f.name, f.data); err != nil {
 			return nil, err
 		}
 	}
-	if fw.ACPI != nil {
-		if err := addACPI(d, fw.ACPI); err != nil {
-			return nil, err
-		}
-	}
 	return d, nil
 }
 
-// addACPI offers the machine's ACPI tables through the table loader:
-// the RSDP in the F segment, where an OS scans for it, and the other
-// tables in high memory, linked by the firmware where it put them.
-func addACPI(d *fwcfg.Device, t *acpi.Loadable) error {
+// acpiLoader returns the files that offer the machine's ACPI tables
+// through the table loader: the RSDP in the F segment, where an OS scans
+// for it, and the other tables in high memory, linked by the firmware
+// where it put them.
+func acpiLoader(t *acpi.Loadable) ([]fwFile, error) {
 	var l fwcfg.Loader
 	for _, f := range []acpi.File{acpi.RSDPFile, acpi.TablesFile} {
 		if err := l.Allocate(f.Name(), f.Align(), fwcfg.Zone(f.Zone())); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, p := range t.Pointers {
 		if err := l.AddPointer(p.File.Name(), p.Target.Name(), p.Offset, p.Size); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, c := range t.Checksums {
 		if err := l.AddChecksum(c.File.Name(), c.Offset, c.Start, c.Length); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{acpi.RSDPFile.Name(), t.RSDP}, {acpi.TablesFile.Name(), t.Tables}, {"etc/table-loader", l.Bytes()}} {
-		if err := d.AddFile(f.name, f.data); err != nil {
-			return err
-		}
-	}
-	return nil
+	return []fwFile{{acpi.RSDPFile.Name(), t.RSDP}, {acpi.TablesFile.Name(), t.Tables}, {fwcfg.LoaderFile, l.Bytes()}}, nil
 }
 
 // rom is the write side of the BIOS image KVM maps read-only at the top
