@@ -310,9 +310,26 @@ func (c *VCPU) Close() error {
 
 // Run enters the guest until the next exit. It returns unix.EINTR, not
 // retried, when a signal or SetImmediateExit interrupted it.
+//
+// KVM_RUN is issued as a raw system call: the runtime is not told the
+// goroutine entered the kernel, so its P stays running with it (the
+// machine reserves one P per vCPU) instead of sitting in the syscall
+// state, where sysmon takes it back and hands it off after 10 ms and
+// then polls every 20 µs for a while. With a vCPU thread always in
+// KVM_RUN, that was a sysmon wakeup about every millisecond, each a timer
+// interrupt that pulled a running vCPU out of the guest and a thread that
+// preempted it (in the nested lab, ~1,200 a second during a network
+// benchmark: guest-to-host throughput 0.65 of QEMU's with them, 0.92
+// without). The cost of the raw call: sysmon sees a goroutine running
+// for over 10 ms and preempts it with a signal, which ends KVM_RUN with
+// EINTR, so a vCPU leaves the guest about 100 times a second, as it would
+// for a timer tick; a garbage collection's stop-the-world reaches the
+// vCPU the same way.
 func (c *VCPU) Run() error {
-	_, err := ioctlPtr(c.fd, reqRun, 0)
-	return err
+	if _, _, errno := unix.RawSyscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0); errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // SetImmediateExit makes the next (or current) KVM_RUN return EINTR at
