@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -371,14 +372,23 @@ func (t *tailBuffer) String() string {
 	return string(t.buf)
 }
 
-// consoleTail formats the last lines of L1's console for an error message.
+// oopsMarkers start a kernel's report of its own failure.
+var oopsMarkers = []string{"BUG: ", "Oops: ", "general protection fault", "Kernel panic", "WARNING: CPU"}
+
+// consoleTail formats the last lines of L1's console for an error message;
+// when L1's kernel reported a failure, the report from its first line
+// (what failed, not only the stack it ended with), up to a bound.
 func consoleTail(console string) string {
-	const maxLines = 25
+	const maxLines, maxReport = 25, 80
 	ls := strings.Split(strings.TrimRight(console, "\n"), "\n")
-	if len(ls) > maxLines {
-		ls = ls[len(ls)-maxLines:]
+	from := max(len(ls)-maxLines, 0)
+	for i := max(len(ls)-maxReport, 0); i < from; i++ {
+		if slices.ContainsFunc(oopsMarkers, func(m string) bool { return strings.Contains(ls[i], m) }) {
+			from = i
+			break
+		}
 	}
-	s := strings.Join(ls, "\n")
+	s := strings.Join(ls[from:], "\n")
 	if strings.TrimSpace(s) == "" {
 		return "; the console was empty"
 	}

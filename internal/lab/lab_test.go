@@ -86,6 +86,18 @@ func TestConsoleTail(t *testing.T) {
 	if got := consoleTail(" \n"); got != "; the console was empty" {
 		t.Errorf("consoleTail(blank) = %q", got)
 	}
+	// A kernel's failure report is quoted from its first line, within
+	// 80 lines of the end; an older one is not.
+	oops := append([]string{"[ 1.0] BUG: kernel NULL pointer dereference, address: 0"}, lines...)
+	got = consoleTail(strings.Join(oops, "\n"))
+	if want := "; end of the console:\n" + strings.Join(oops, "\n"); got != want {
+		t.Errorf("consoleTail(oops) = %q, want %q", got, want)
+	}
+	old := append(append([]string{"[ 1.0] Oops: 0000"}, lines...), lines...)
+	got = consoleTail(strings.Join(old, "\n"))
+	if want := "; end of the console:\n" + strings.Join(lines[15:], "\n"); got != want {
+		t.Errorf("consoleTail(old oops) = %q, want %q", got, want)
+	}
 }
 
 func TestTailBuffer(t *testing.T) {
