@@ -311,25 +311,18 @@ func (c *VCPU) Close() error {
 // Run enters the guest until the next exit. It returns unix.EINTR, not
 // retried, when a signal or SetImmediateExit interrupted it.
 //
-// KVM_RUN is issued as a raw system call: the runtime is not told the
-// goroutine entered the kernel, so its P stays running with it (the
-// machine reserves one P per vCPU) instead of sitting in the syscall
-// state, where sysmon takes it back and hands it off after 10 ms and
-// then polls every 20 µs for a while. With a vCPU thread always in
-// KVM_RUN, that was a sysmon wakeup about every millisecond, each a timer
-// interrupt that pulled a running vCPU out of the guest and a thread that
-// preempted it (in the nested lab, ~1,200 a second during a network
-// benchmark: guest-to-host throughput 0.65 of QEMU's with them, 0.92
-// without). The cost of the raw call: sysmon sees a goroutine running
-// for over 10 ms and preempts it with a signal, which ends KVM_RUN with
-// EINTR, so a vCPU leaves the guest about 100 times a second, as it would
-// for a timer tick; a garbage collection's stop-the-world reaches the
-// vCPU the same way.
+// KVM_RUN goes through syscall.Syscall, so the runtime knows the thread is
+// in the kernel and sysmon takes its P back after 10 ms. That has a cost
+// (README, "Device benchmark": sysmon then polls every 20 µs for a while,
+// and its wakeups preempt the vCPUs); a raw system call, which keeps the
+// P, removed it and brought the network benchmark from 0.65 to 0.91 of
+// QEMU's, but with it the nested lab's L1 kernel panicked in all 4 runs
+// of the integration tests (the run without it passed), probably from the
+// 100 signal-driven exits a second per vCPU it brings (sysmon preempts a
+// goroutine running over 10 ms with a signal). Decide on a real KVM host.
 func (c *VCPU) Run() error {
-	if _, _, errno := unix.RawSyscall(unix.SYS_IOCTL, uintptr(c.fd), reqRun, 0); errno != 0 {
-		return errno
-	}
-	return nil
+	_, err := ioctlPtr(c.fd, reqRun, 0)
+	return err
 }
 
 // SetImmediateExit makes the next (or current) KVM_RUN return EINTR at

@@ -396,11 +396,11 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 }
 
 // reserveProcs raises GOMAXPROCS by the vCPU count. A vCPU thread spends
-// its life in KVM_RUN, a raw system call during which its goroutine keeps
-// its P (kvm.VCPU.Run says why); without one P per vCPU on top of one per
-// CPU, the device goroutines (a tap's receive side, a transmit queue,
-// console input) and the network poller would be left fewer Ps than the
-// host has CPUs, or none.
+// its life in KVM_RUN, a system call during which its goroutine keeps
+// its P until sysmon takes it back; with as many Ps as CPUs, the device
+// goroutines (a tap's receive side, a transmit queue, console input) and
+// the network poller would wait for sysmon, whose period grows to 10 ms
+// when it finds nothing to do: every packet's round trip would cost that.
 func reserveProcs(vcpus int) {
 	procsMu.Lock()
 	defer procsMu.Unlock()
