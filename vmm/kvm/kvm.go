@@ -313,7 +313,8 @@ func (c *VCPU) Close() error {
 //
 // KVM_RUN goes through syscall.Syscall, so the runtime knows the thread is
 // in the kernel and sysmon takes its P back after 10 ms. That has a cost
-// (README, "Device benchmark": sysmon then polls every 20 µs for a while,
+// (README, "Device benchmark": with every P idle, each system call of the
+// device goroutines wakes sysmon, which polls every 20 µs for a while,
 // and its wakeups preempt the vCPUs); a raw system call, which keeps the
 // P, removed it and brought the network benchmark from 0.65 to 0.91 of
 // QEMU's, but with it the nested lab's L1 kernel panicked in all 4 runs
