@@ -1,6 +1,7 @@
 // Package kvm declares the KVM ioctls and structs the VMM uses, over
 // golang.org/x/sys/unix. It is the only package of the VMM that uses
-// package unsafe (see kvm_unsafe.go).
+// package unsafe (see kvm_unsafe.go), which is why the raw reads and
+// writes of the device goroutines (RawRead, RawWritev) are here too.
 package kvm
 
 import (

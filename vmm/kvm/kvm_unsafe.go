@@ -48,6 +48,17 @@ func ioctlStructRet[T any](fd int, req uintptr, arg *T) (uintptr, error) {
 	return ioctlPtr(fd, req, uintptr(unsafe.Pointer(arg)))
 }
 
+// ioctlStructRaw is ioctlStructRet for requests that never block, issued
+// as a raw system call (see rawSyscall).
+//
+// Sound: as ioctlStruct.
+func ioctlStructRaw[T any](fd int, req uintptr, arg *T) (uintptr, error) {
+	if n := unsafe.Sizeof(*arg); n != sizeField(req) {
+		panic(fmt.Sprintf("kvm: ioctl %#x with a %d-byte argument", req, n))
+	}
+	return rawSyscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(arg)))
+}
+
 // ioctlVar passes a pointer to a struct that ends in a variable-length
 // array (kvm_msrs, kvm_cpuid2, kvm_msr_list); the request code encodes only
 // the header's size.
@@ -130,4 +141,76 @@ func MapFilePrivate(dst []byte, fd int, off int64) error {
 		return fmt.Errorf("map file over guest memory: mapped at %p, not %p", got, addr)
 	}
 	return nil
+}
+
+// rawSyscall is ioctlPtr's twin for calls that never block: it does not
+// tell the Go runtime the thread is in the kernel (unix.RawSyscall), so
+// the goroutine keeps its P and the runtime's sysmon thread is not woken
+// (entering an ordinary system call wakes a sysmon asleep because every P
+// was idle, and a woken sysmon polls every 20 µs for a while).
+//
+// Sound for the same reason as ioctlPtr: //go:uintptrescapes keeps the
+// referents of pointer arguments converted in the call expression alive
+// and unmoved until it returns. Callers pass only calls that do not
+// block (reads and writes of non-blocking descriptors, KVM_SIGNAL_MSI),
+// so a thread holds its P for the copy only.
+//
+//go:uintptrescapes
+func rawSyscall(trap, a1, a2, a3 uintptr) (uintptr, error) {
+	for {
+		r, _, errno := unix.RawSyscall(trap, a1, a2, a3)
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
+		return r, errno
+	}
+}
+
+// RawRead reads from fd into b with a raw system call (see rawSyscall),
+// retrying when a signal interrupts it. fd must be non-blocking: the
+// caller waits for it to become readable on EAGAIN, through the poller
+// (syscall.RawConn.Read).
+//
+// Sound: &b[0] is valid for len(b) bytes, and read(2) writes at most
+// that many.
+func RawRead(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, err := rawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// RawWritev writes bufs to fd in one writev(2) with a raw system call
+// (see rawSyscall), retrying when a signal interrupts it. fd must be
+// non-blocking, and bufs hold at most IOV_MAX non-empty buffers.
+//
+// Sound: every iovec points at the first byte of a non-empty buffer and
+// carries its length, and the iovec array, a Go slice whose elements hold
+// typed pointers, keeps the buffers alive while the call uses it; writev
+// only reads them.
+func RawWritev(fd int, bufs [][]byte) (int, error) {
+	iov := make([]unix.Iovec, 0, len(bufs))
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	n, err := rawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if err != nil {
+		return 0, err
+	}
+	return int(n), nil
 }

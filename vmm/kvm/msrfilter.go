@@ -87,7 +87,7 @@ type MSI struct {
 // SignalMSI injects a message-signalled interrupt. It returns whether the
 // interrupt was delivered (false if the guest had it blocked).
 func (v *VM) SignalMSI(m MSI) (bool, error) {
-	r, err := ioctlStructRet(v.fd, reqSignalMSI, &m)
+	r, err := ioctlStructRaw(v.fd, reqSignalMSI, &m)
 	if err != nil {
 		return false, fmt.Errorf("KVM_SIGNAL_MSI: %w", err)
 	}

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bunkerbuild/bunkerbuild/vmm/kvm"
 )
 
 // Link is where the device's packets go and come from: a tap, or in
@@ -59,11 +62,18 @@ const iovMax = 1024
 
 // packetFile is a Link over a file descriptor that carries one packet per
 // read and write: a tap, or a SOCK_SEQPACKET or SOCK_DGRAM socket. Reads
-// go through Go's poller, so a deadline or Close ends a blocked read;
+// wait in Go's poller, so a deadline or Close ends a blocked read;
 // writes are one writev of the packet's buffers, without copying them.
+//
+// The reads and writes themselves are raw system calls (kvm.RawRead,
+// kvm.RawWritev): the descriptor is non-blocking, and a system call the
+// runtime is told of wakes its sleeping sysmon thread, once per packet
+// here, whose polling then interrupts the vCPU threads (README, "Device
+// benchmark").
 type packetFile struct {
-	f  *os.File
-	rc syscall.RawConn
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool // Close was called: a failed read says os.ErrClosed
 
 	// mu guards scratch, the buffer a packet of more than iovMax
 	// buffers is gathered into.
@@ -87,14 +97,36 @@ func newPacketFile(fd int, name string) (*packetFile, error) {
 	return &packetFile{f: f, rc: rc}, nil
 }
 
-// ReadPacket implements Link.
-func (p *packetFile) ReadPacket(buf []byte) (int, error) { return p.f.Read(buf) }
+// ReadPacket implements Link. Its errors are os.File.Read's: a
+// *os.PathError with os.ErrDeadlineExceeded or os.ErrClosed when a
+// deadline or Close ended the wait.
+func (p *packetFile) ReadPacket(buf []byte) (int, error) {
+	var n int
+	var rerr error
+	err := p.rc.Read(func(fd uintptr) bool {
+		n, rerr = kvm.RawRead(int(fd), buf)
+		return rerr != unix.EAGAIN // on EAGAIN, wait in the poller
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		if p.closed.Load() {
+			err = os.ErrClosed // the poller's own "use of closed file"
+		}
+		return 0, &os.PathError{Op: "read", Path: p.f.Name(), Err: err}
+	}
+	return n, nil
+}
 
 // SetReadDeadline implements Link.
 func (p *packetFile) SetReadDeadline(t time.Time) error { return p.f.SetReadDeadline(t) }
 
 // Close closes the file descriptor; a blocked ReadPacket returns.
-func (p *packetFile) Close() error { return p.f.Close() }
+func (p *packetFile) Close() error {
+	p.closed.Store(true)
+	return p.f.Close()
+}
 
 // errShortWrite is a packet the kernel took only part of.
 var errShortWrite = errors.New("short write")
@@ -124,12 +156,8 @@ func (p *packetFile) WritePacket(bufs [][]byte) error {
 	var n int
 	var werr error
 	err := p.rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = unix.Writev(int(fd), bufs)
-			if werr != unix.EINTR {
-				return true
-			}
-		}
+		n, werr = kvm.RawWritev(int(fd), bufs)
+		return true
 	})
 	switch {
 	case err != nil:
