@@ -180,5 +180,8 @@ func medianOf(ss []deviceSample, metric string) float64 {
 		return -1
 	}
 	sort.Float64s(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2 // an even count: the middle two's mean
+	}
 	return v[len(v)/2]
 }
