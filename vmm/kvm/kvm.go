@@ -312,16 +312,15 @@ func (c *VCPU) Close() error {
 // Run enters the guest until the next exit. It returns unix.EINTR, not
 // retried, when a signal or SetImmediateExit interrupted it.
 //
-// KVM_RUN goes through syscall.Syscall, so the runtime knows the thread is
-// in the kernel and sysmon takes its P back after 10 ms. That has a cost
-// (README, "Device benchmark": with every P idle, each system call of the
-// device goroutines wakes sysmon, which polls every 20 µs for a while,
-// and its wakeups preempt the vCPUs); a raw system call, which keeps the
-// P, removed it and brought the network benchmark from 0.65 to 0.91 of
-// QEMU's, but with it the nested lab's L1 kernel panicked in all 4 runs
-// of the integration tests (the run without it passed), probably from the
-// 100 signal-driven exits a second per vCPU it brings (sysmon preempts a
-// goroutine running over 10 ms with a signal). Decide on a real KVM host.
+// KVM_RUN blocks, so it goes through syscall.Syscall: the runtime knows
+// the thread is in the kernel, and sysmon takes its P back after 10 ms.
+// With the vCPUs' Ps idle, sysmon sleeps until the next ordinary system
+// call wakes it; the device goroutines' per-packet calls therefore go
+// raw (RawRead, RawWritev, SignalMSI), see README, "Device benchmark".
+// KVM_RUN itself as a raw call (keeping the P) was measured too and is
+// not used: sysmon then preempts the vCPU goroutine with a signal every
+// 10 ms, and with it the nested lab's L1 kernel panicked in all 4 runs of
+// the integration tests.
 func (c *VCPU) Run() error {
 	_, err := ioctlPtr(c.fd, reqRun, 0)
 	return err
