@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,8 +21,9 @@ import (
 // virtio-net NIC on a tap, as a process of its own inside the test's
 // network namespace.
 type deviceVMM struct {
-	name string
-	argv func(kernel, initrd, disk, tap string) []string
+	name  string
+	argv  func(kernel, initrd, disk, tap string) []string
+	dumps bool // prints its vCPUs' state to stderr on SIGUSR1
 }
 
 func deviceVMMs() []deviceVMM {
@@ -29,7 +31,7 @@ func deviceVMMs() []deviceVMM {
 		{"bunkerbuild", func(kernel, initrd, disk, tap string) []string {
 			return []string{bunkerbuildBin, "run", "--kernel", kernel, "--initrd", initrd, "--mem", "512M", "--cpus", "2",
 				"--cmdline", guestCmdline, "--disk", disk, "--tap", tap}
-		}},
+		}, true},
 		// QEMU's virtio-blk and virtio-net, on the same file and tap: its
 		// default cache mode (writeback, the host's page cache, as ours)
 		// and thread-pool I/O, and its userspace virtio-net (vhost-net
@@ -43,7 +45,7 @@ func deviceVMMs() []deviceVMM {
 				"-device", "virtio-blk-pci,drive=d0",
 				"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no,vhost=off",
 				"-device", "virtio-net-pci,netdev=n0"}
-		}},
+		}, false},
 	}
 }
 
@@ -72,6 +74,12 @@ func deviceRun(ctx context.Context, v deviceVMM, ns *testNetns, disk string, sec
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	fail := func(what string, err error) (deviceSample, error) {
+		if v.dumps {
+			// Our VMM prints its vCPUs' state on SIGUSR1: a stuck
+			// guest is then diagnosed from the failed run's report.
+			cmd.Process.Signal(syscall.SIGUSR1)
+			time.Sleep(2 * time.Second)
+		}
 		return nil, fmt.Errorf("%s: %s: %w; stderr %q; console %q", v.name, what, err, stderr.String(), tail([]byte(c.Output())))
 	}
 	if _, err := c.Expect(ctx, shellPrompt); err != nil {

@@ -228,6 +228,8 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	if report {
 		defer WriteAccounting(os.Stderr, m.Buses(), start)
 	}
+	stopDumps := dumpOnSignal(m)
+	defer stopDumps()
 	how, err := m.Run(ctx)
 	if err != nil {
 		return err
@@ -244,4 +246,25 @@ func boot(ctx context.Context, cfg machine.Config, create func(machine.Config) (
 	default:
 		return cli.Exit("stopped", ExitStopped)
 	}
+}
+
+// dumpOnSignal prints the vCPUs' state (machine.DebugState) to stderr
+// each time the process gets SIGUSR1, for a guest that seems stuck: a
+// benchmark or a person can ask before killing it. It returns a function
+// that stops listening.
+func dumpOnSignal(m *machine.Machine) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-sigs:
+				fmt.Fprintf(os.Stderr, "bunkerbuild: SIGUSR1: the machine's state:\n%s", m.DebugState())
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(sigs); close(done) }
 }
