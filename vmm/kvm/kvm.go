@@ -320,7 +320,8 @@ func (c *VCPU) Close() error {
 // KVM_RUN itself as a raw call (keeping the P) was measured too and is
 // not used: sysmon then preempts the vCPU goroutine with a signal every
 // 10 ms, and with it the nested lab's L1 kernel panicked in all 4 runs of
-// the integration tests.
+// the integration tests (a panic the lab also shows without it, even in
+// QEMU's process, but far less often; try it again on a real KVM host).
 func (c *VCPU) Run() error {
 	_, err := ioctlPtr(c.fd, reqRun, 0)
 	return err

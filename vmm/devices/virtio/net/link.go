@@ -3,6 +3,7 @@ package net
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -99,7 +100,8 @@ func newPacketFile(fd int, name string) (*packetFile, error) {
 
 // ReadPacket implements Link. Its errors are os.File.Read's: a
 // *os.PathError with os.ErrDeadlineExceeded or os.ErrClosed when a
-// deadline or Close ended the wait.
+// deadline or Close ended the wait, io.EOF when a socket's other end
+// closed (a read of nothing, which would otherwise repeat at once).
 func (p *packetFile) ReadPacket(buf []byte) (int, error) {
 	var n int
 	var rerr error
@@ -109,6 +111,9 @@ func (p *packetFile) ReadPacket(buf []byte) (int, error) {
 	})
 	if err == nil {
 		err = rerr
+	}
+	if err == nil && n == 0 && len(buf) > 0 {
+		err = io.EOF // the other end of a socket closed, as os.File says
 	}
 	if err != nil {
 		if p.closed.Load() {
