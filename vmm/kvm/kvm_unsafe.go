@@ -42,10 +42,16 @@ func ioctlStruct[T any](fd int, req uintptr, arg *T) error {
 
 // ioctlStructRet is ioctlStruct for requests whose return value matters.
 func ioctlStructRet[T any](fd int, req uintptr, arg *T) (uintptr, error) {
+	checkSize(req, arg)
+	return ioctlPtr(fd, req, uintptr(unsafe.Pointer(arg)))
+}
+
+// checkSize refuses a request whose encoded argument size differs from
+// T's, so that KVM never reads or writes past *arg.
+func checkSize[T any](req uintptr, arg *T) {
 	if n := unsafe.Sizeof(*arg); n != sizeField(req) {
 		panic(fmt.Sprintf("kvm: ioctl %#x with a %d-byte argument", req, n))
 	}
-	return ioctlPtr(fd, req, uintptr(unsafe.Pointer(arg)))
 }
 
 // ioctlStructRaw is ioctlStructRet for requests that never block, issued
@@ -53,9 +59,7 @@ func ioctlStructRet[T any](fd int, req uintptr, arg *T) (uintptr, error) {
 //
 // Sound: as ioctlStruct.
 func ioctlStructRaw[T any](fd int, req uintptr, arg *T) (uintptr, error) {
-	if n := unsafe.Sizeof(*arg); n != sizeField(req) {
-		panic(fmt.Sprintf("kvm: ioctl %#x with a %d-byte argument", req, n))
-	}
+	checkSize(req, arg)
 	return rawSyscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(arg)))
 }
 
@@ -172,7 +176,7 @@ func rawSyscall(trap, a1, a2, a3 uintptr) (uintptr, error) {
 // RawRead reads from fd into b with a raw system call (see rawSyscall),
 // retrying when a signal interrupts it. fd must be non-blocking: the
 // caller waits for it to become readable on EAGAIN, through the poller
-// (syscall.RawConn.Read).
+// (ReadPolled does both).
 //
 // Sound: &b[0] is valid for len(b) bytes, and read(2) writes at most
 // that many.

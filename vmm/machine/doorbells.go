@@ -67,7 +67,7 @@ func (m *Machine) catchDoorbells() error {
 
 // ring passes each signal of the eventfd on to the device, until the
 // eventfd is closed. It waits in the poller and reads with a raw system
-// call (kvm.RawRead), which does not wake the runtime's sysmon thread on
+// call (kvm.ReadPolled), which does not wake the runtime's sysmon thread on
 // every kick (README, "Device benchmark").
 func (b *doorbell) ring() {
 	rc, err := b.file.SyscallConn()
@@ -76,12 +76,7 @@ func (b *doorbell) ring() {
 	}
 	var buf [8]byte
 	for {
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			_, rerr = kvm.RawRead(int(fd), buf[:])
-			return rerr != unix.EAGAIN // on EAGAIN, wait in the poller
-		})
-		if err != nil || rerr != nil {
+		if _, err := kvm.ReadPolled(rc, buf[:]); err != nil {
 			return // closed
 		}
 		b.dev.Kicked(b.q)

@@ -66,7 +66,7 @@ const iovMax = 1024
 // wait in Go's poller, so a deadline or Close ends a blocked read;
 // writes are one writev of the packet's buffers, without copying them.
 //
-// The reads and writes themselves are raw system calls (kvm.RawRead,
+// The reads and writes themselves are raw system calls (kvm.ReadPolled,
 // kvm.RawWritev): the descriptor is non-blocking, and a system call the
 // runtime is told of wakes its sleeping sysmon thread, once per packet
 // here, whose polling then interrupts the vCPU threads (README, "Device
@@ -103,15 +103,7 @@ func newPacketFile(fd int, name string) (*packetFile, error) {
 // deadline or Close ended the wait, io.EOF when a socket's other end
 // closed (a read of nothing, which would otherwise repeat at once).
 func (p *packetFile) ReadPacket(buf []byte) (int, error) {
-	var n int
-	var rerr error
-	err := p.rc.Read(func(fd uintptr) bool {
-		n, rerr = kvm.RawRead(int(fd), buf)
-		return rerr != unix.EAGAIN // on EAGAIN, wait in the poller
-	})
-	if err == nil {
-		err = rerr
-	}
+	n, err := kvm.ReadPolled(p.rc, buf)
 	if err == nil && n == 0 && len(buf) > 0 {
 		err = io.EOF // the other end of a socket closed, as os.File says
 	}
